@@ -1,0 +1,199 @@
+"""Load and save InternVL checkpoints in the official and `-hf` layouts, and convert between them.
+
+Spec section 2. The model is built on the meta device, every tensor it needs is read once from the
+memory-mapped shards, converted by the layout's rules, checked for shape, and assigned (never copied
+into a second full model). Missing and unexpected checkpoint keys are reported by name before any
+tensor is read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..config import InternVLConfig
+from ..errors import CheckpointError, ConfigError
+from ..models.internvl import InternVL
+from . import keymaps
+from .safetensors_io import TensorReader, write_sharded
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL, HF = "official", "hf"
+# Files that travel with the weights when a checkpoint is converted or re-saved.
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+              "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json", "chat_template.jinja",
+              "chat_template.json", "preprocessor_config.json", "processor_config.json")
+# Default template for -hf checkpoints, whose config does not name one.
+_HF_TEMPLATES = {"InternLM2ForCausalLM": "internlm2-chat", "Phi3ForCausalLM": "phi3-chat"}
+
+
+def resolve_path(path_or_repo: str | os.PathLike) -> Path:
+    """A local checkpoint directory, or a Hugging Face Hub repo id downloaded into the local cache."""
+    p = Path(path_or_repo).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise CheckpointError(f"{p} is a file; give the checkpoint directory")
+    text = str(path_or_repo)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise CheckpointError(f"{text}: no such directory (and not a Hub repo id like 'OpenGVLab/InternVL3-1B')")
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
+                                                             "*.jinja", "*.py"]))
+    except Exception as e:  # network, auth, not found: one clear message
+        raise CheckpointError(f"{text}: not a local directory and could not be fetched from the Hub ({e})") from e
+
+
+def read_config(directory: str | os.PathLike) -> tuple[InternVLConfig, str]:
+    """Read `config.json` of either layout -> (config, layout)."""
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{directory}: no config.json")
+    try:
+        d = json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if "llm_config" in d:
+        return InternVLConfig.from_official(d), OFFICIAL
+    if "text_config" in d:
+        return InternVLConfig.from_hf(d, **_hf_image_settings(Path(directory), d)), HF
+    raise CheckpointError(f"{path}: neither an official (llm_config) nor a -hf (text_config) InternVL config")
+
+
+def _hf_image_settings(directory: Path, d: dict) -> dict:
+    """Tiling settings of a -hf checkpoint live in its processor files."""
+    arch = (d["text_config"].get("architectures") or [""])[0]
+    settings: dict = {"template": _HF_TEMPLATES.get(arch, "internvl2_5")}
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        f = directory / name
+        if f.exists():
+            p = json.loads(f.read_text())
+            p = p.get("image_processor", p)
+            if "max_patches" in p:
+                settings["max_dynamic_patch"] = p["max_patches"]
+            if "min_patches" in p:
+                settings["min_dynamic_patch"] = p["min_patches"]
+            if "crop_to_patches" in p:
+                settings["dynamic_image_size"] = p["crop_to_patches"]
+    return settings
+
+
+def _rules(cfg: InternVLConfig, layout: str) -> list[keymaps.Rule]:
+    return keymaps.official_rules(cfg) if layout == OFFICIAL else keymaps.hf_rules(cfg)
+
+
+def load_weights(model: InternVL, directory: str | os.PathLike, layout: str,
+                 dtype: torch.dtype | None = None) -> None:
+    """Fill a (meta-device) model from a checkpoint directory, strictly."""
+    cfg = model.config
+    reader = TensorReader(directory)
+    actual = {keymaps.normalize_hf_key(k) if layout == HF else k: k for k in reader.keys()}
+    expected = model.state_dict()
+    steps = keymaps.plan(_rules(cfg, layout), list(expected))
+    needed = {k for s in steps for k in s.external}
+    missing = sorted(needed - actual.keys())
+    unexpected = sorted(k for k in actual.keys() - needed if not keymaps.DROPPABLE.search(k)
+                        and not (cfg.llm.tie_word_embeddings and k.endswith("lm_head.weight")))
+    if missing or unexpected:
+        raise CheckpointError(f"{directory}: checkpoint does not match the {cfg.llm.architecture} model built from "
+                              f"its config.json; missing: {_short(missing)}; unexpected: {_short(unexpected)}")
+    state = {}
+    for step in steps:
+        outs = step.rule.join([reader.get(actual[k]) for k in step.external])
+        for key, t in zip(step.internal, outs):
+            want = tuple(expected[key].shape)
+            if tuple(t.shape) != want:
+                raise CheckpointError(f"{directory}: {key} from {', '.join(step.external)} has shape "
+                                      f"{tuple(t.shape)}, the config implies {want}")
+            state[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    model.load_state_dict(state, strict=True, assign=True)
+    model.language_model.rotary.reset_buffers()
+
+
+def _short(keys: list[str], n: int = 8) -> str:
+    if not keys:
+        return "none"
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def build_model(cfg: InternVLConfig, cls: type[InternVL] = InternVL) -> InternVL:
+    """An InternVL module with no storage yet (meta device), ready for `load_weights` or `to_empty`."""
+    with torch.device("meta"):
+        return cls(cfg)
+
+
+def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype | None = None,
+               device: str | torch.device = "cpu", cls: type[InternVL] = InternVL) -> tuple[InternVL, Path, str]:
+    """Load a checkpoint of either layout -> (model in eval mode, resolved directory, layout)."""
+    directory = resolve_path(path_or_repo)
+    cfg, layout = read_config(directory)
+    model = build_model(cfg, cls)
+    load_weights(model, directory, layout, dtype)
+    return model.to(device).eval(), directory, layout
+
+
+def save_checkpoint(model: InternVL, directory: str | os.PathLike, layout: str = OFFICIAL,
+                    side_files_from: str | os.PathLike | None = None,
+                    max_shard_bytes: int = 5 * 1024 ** 3) -> Path:
+    """Write config.json + safetensors shards (+ tokenizer files copied from `side_files_from`).
+
+    The directory is written under a temporary name and renamed into place, so an interrupted save never
+    leaves a half-written checkpoint behind.
+    """
+    if layout not in (OFFICIAL, HF):
+        raise ConfigError(f"layout must be 'official' or 'hf', got {layout!r}")
+    cfg = model.config
+    config = cfg.to_official() if layout == OFFICIAL else cfg.to_hf()
+    if layout == HF and cfg.image_token_id is None:
+        raise ConfigError("the -hf layout needs image_token_id (the <IMG_CONTEXT> id); set it in the config")
+    directory = Path(directory)
+    state = model.state_dict()
+    steps = keymaps.plan(_rules(cfg, layout), list(state))
+
+    def tensors():
+        for step in steps:
+            outs = step.rule.split([state[k].detach() for k in step.internal])
+            yield from zip(step.external, (t.cpu() for t in outs))
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        write_sharded(tensors(), tmp, max_shard_bytes)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        if side_files_from is not None:
+            for name in SIDE_FILES:
+                src = Path(side_files_from) / name
+                if src.exists():
+                    shutil.copy2(src, tmp / name)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> Path:
+    """Re-save a checkpoint in the other layout; tensors pass through unchanged in value and dtype."""
+    model, directory, layout = load_model(src)
+    if to == HF and model.config.image_token_id is None:
+        from ..processing.tokenizer import Tokenizer
+        token_id = Tokenizer.from_pretrained(directory).convert_tokens_to_ids("<IMG_CONTEXT>")
+        model.config = model.config.replace(image_token_id=token_id)
+    logger.info("converting %s (%s layout) -> %s (%s layout)", directory, layout, dst, to)
+    return save_checkpoint(model, dst, to, side_files_from=directory)

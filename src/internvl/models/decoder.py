@@ -1,0 +1,129 @@
+"""The decoder LLM: one LLaMA-style transformer for Qwen2/2.5, Qwen3(-MoE), LLaMA, InternLM2/3 and Phi-3.
+
+Spec section 1. The families differ only in flags (q/k/v bias, output bias, per-head qk-norm, tied
+embeddings, RoPE scaling, sparse MoE layers); checkpoint code (`internvl.checkpoint`) maps their fused or
+renamed tensors (InternLM2 `wqkv`, Phi-3 `qkv_proj`/`gate_up_proj`) onto these plain projections, so the
+forward pass never branches on the family.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import LLMConfig
+from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary, attention
+from .moe import SparseMoE
+
+
+class KVCache(Protocol):
+    """What the decoder needs from a cache: append this step's keys/values and return the whole past."""
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LLMConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.dim_per_head
+        d = cfg.hidden_size
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=cfg.attention_out_bias)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # (B, H, T, D)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        # causal only matters when queries see no past: with a cache and t > 1, causal_mask built one
+        out = attention(q, k, v, mask, is_causal=t > 1 and k.shape[2] == t)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LLMConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        if cfg.is_moe_layer(layer_idx):
+            self.mlp: nn.Module = SparseMoE(cfg)
+        else:
+            self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """Token embeddings -> N decoder layers -> final norm -> LM head (tied to the embeddings when configured)."""
+
+    def __init__(self, cfg: LLMConfig) -> None:
+        super().__init__()
+        if cfg.architecture == "GptOssForCausalLM":
+            raise NotImplementedError("GPT-OSS backbones (InternVL3.5-20B-A4B) are not implemented yet")
+        if cfg.hidden_act != "silu":
+            raise NotImplementedError(f"LLM hidden_act {cfg.hidden_act!r}")
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(cfg)
+        self.gradient_checkpointing = False
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """inputs_embeds (B, T, D), position_ids (B, T), boolean mask (B, 1, T, S) or None -> hidden (B, T, D).
+
+        With `mask=None` and no cache the attention is plain causal.
+        """
+        cos, sin = self.rotary(position_ids, inputs_embeds.dtype)
+        x = inputs_embeds
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache)
+        return self.norm(x)
+
+
+def causal_mask(attention_mask: torch.Tensor | None, q_len: int, past_len: int = 0) -> torch.Tensor | None:
+    """Boolean (B, 1, T, S) mask from a (B, S) key-validity mask (1 = real token, 0 = padding).
+
+    Returns None when nothing is padded and the plain causal path applies (no cache, or a one-token step).
+    Padding queries attend to themselves so their (ignored) rows never become NaN.
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        if past_len == 0 or q_len == 1:
+            return None
+        attention_mask = torch.ones(1, past_len + q_len, dtype=torch.bool)
+    valid = attention_mask.bool()  # (B, S)
+    s = valid.shape[1]
+    q_pos = torch.arange(past_len, past_len + q_len, device=valid.device)[:, None]
+    k_pos = torch.arange(s, device=valid.device)[None, :]
+    mask = (k_pos <= q_pos)[None] & valid[:, None, :]  # (B, T, S)
+    mask = mask | (k_pos == q_pos)[None]
+    return mask[:, None]

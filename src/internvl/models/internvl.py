@@ -1,0 +1,93 @@
+"""The InternVL model: InternViT -> pixel shuffle -> mlp1 -> image tokens scattered into the decoder input.
+
+Spec section 1. Submodule names equal the official checkpoint's top level (`vision_model`, `mlp1`,
+`language_model`). Image features replace, in order, the embeddings at `<IMG_CONTEXT>` positions; a count
+mismatch raises `ImageTokenMismatchError` with both numbers instead of silently truncating (the official
+training code truncates and zeroes the loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import InternVLConfig
+from ..errors import ImageTokenMismatchError
+from .decoder import Decoder, KVCache, causal_mask
+from .projector import build_mlp1, project
+from .vision import InternViT
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, T, vocab)
+    hidden_states: torch.Tensor | None = None  # (B, T, D), final-norm output
+
+
+class InternVL(nn.Module):
+    def __init__(self, cfg: InternVLConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.vision_model = InternViT(cfg.vision)
+        self.mlp1 = build_mlp1(cfg.vision.hidden_size, cfg.llm.hidden_size, cfg.downsample_ratio)
+        self.language_model = Decoder(cfg.llm)
+        self.img_context_token_id: int | None = cfg.image_token_id
+
+    @property
+    def num_image_token(self) -> int:
+        return self.config.num_image_token
+
+    def extract_feature(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tiles (N, 3, S, S) -> image tokens (N, num_image_token, D_llm)."""
+        dtype = self.mlp1[1].weight.dtype
+        vit = self.vision_model(pixel_values.to(dtype), self.config.select_layer)
+        return project(vit[:, 1:], self.mlp1, self.config.downsample_ratio, self.config.ps_version)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+              image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings (B, T, D) with image tokens written over the `<IMG_CONTEXT>` positions."""
+        embeds = self.language_model.embed_tokens(input_ids)
+        if image_features is None and pixel_values is not None:
+            image_features = self.extract_feature(pixel_values)
+        if self.img_context_token_id is None:
+            if image_features is None:
+                return embeds
+            raise ImageTokenMismatchError("model.img_context_token_id is unset: cannot place image features "
+                                          "(load through internvl.from_pretrained or set it from the tokenizer)")
+        slots = input_ids == self.img_context_token_id
+        n_slots = int(slots.sum())
+        n_feats = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+        if n_slots != n_feats:
+            per = self.num_image_token
+            raise ImageTokenMismatchError(
+                f"the prompt has {n_slots} <IMG_CONTEXT> tokens ({n_slots / per:g} tiles of {per}) but "
+                f"{n_feats} image features were given ({n_feats // per} tiles)")
+        if n_feats:
+            flat = image_features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+            embeds = embeds.masked_scatter(slots[..., None], flat)
+        return embeds
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                cache: KVCache | None = None, past_len: int = 0,
+                image_features: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None
+                ) -> ModelOutput:
+        """input_ids (B, T) [+ pixel_values (N, 3, S, S)] -> logits (B, T, vocab).
+
+        `attention_mask` (B, past_len + T) marks real tokens with 1 and padding with 0; positions then
+        count only real tokens, so a left-padded row gets the same logits as the unpadded prompt.
+        `inputs_embeds` skips the embedding and image merge (decode steps pass plain token embeddings).
+        """
+        embeds = self.embed(input_ids, pixel_values, image_features) if inputs_embeds is None else inputs_embeds
+        t = input_ids.shape[1]
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -t:]
+            else:
+                position_ids = torch.arange(past_len, past_len + t, device=input_ids.device)[None].expand(
+                    input_ids.shape[0], -1)
+        mask = causal_mask(attention_mask, t, past_len)
+        hidden = self.language_model(embeds, position_ids, mask, cache)
+        return ModelOutput(logits=self.language_model.logits(hidden), hidden_states=hidden)

@@ -1,0 +1,125 @@
+"""The tokenizer: a thin wrapper over the `tokenizers` library with the calls `chat()` scripts make.
+
+Spec section 3. Loads `tokenizer.json` when the checkpoint has one, else builds a byte-level BPE from
+`vocab.json` + `merges.txt` (Qwen-style checkpoints) with the added tokens of `tokenizer_config.json`.
+Offers the slice of the transformers tokenizer API that InternVL quick-start code uses: `__call__` with
+left/right padding, `convert_tokens_to_ids`, `decode`, `batch_decode`, `eos_token_id`, `padding_side`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken, Regex, Tokenizer as _Tok, decoders, models, pre_tokenizers
+
+from ..errors import CheckpointError
+
+# Qwen2's pre-tokenizer split pattern (a fact of the Qwen2 tokenizer, needed to rebuild it from vocab/merges).
+_QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+class Tokenizer:
+    """Text <-> token ids, with the special tokens InternVL prompts use."""
+
+    def __init__(self, tok: _Tok, eos_token: str | None = None, pad_token: str | None = None) -> None:
+        self._tok = tok
+        self.padding_side = "right"
+        self.eos_token = eos_token
+        self.pad_token = pad_token or eos_token
+        self._special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> Tokenizer:
+        d = Path(directory)
+        cfg = json.loads((d / "tokenizer_config.json").read_text()) if (d / "tokenizer_config.json").exists() else {}
+        if (d / "tokenizer.json").exists():
+            tok = _Tok.from_file(str(d / "tokenizer.json"))
+        elif (d / "vocab.json").exists() and (d / "merges.txt").exists():
+            tok = _byte_level_bpe(d / "vocab.json", d / "merges.txt")
+        elif (d / "tokenizer.model").exists():
+            raise CheckpointError(f"{d}: only a SentencePiece tokenizer.model is present; this package reads "
+                                  "tokenizer.json (convert once with transformers: "
+                                  "AutoTokenizer.from_pretrained(dir).save_pretrained(dir))")
+        else:
+            raise CheckpointError(f"{d}: no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
+        added = [(int(i), t) for i, t in cfg.get("added_tokens_decoder", {}).items()]
+        if (d / "added_tokens.json").exists():
+            added += [(i, {"content": t, "special": True}) for t, i in json.loads((d / "added_tokens.json").read_text()).items()]
+        for _, t in sorted(added, key=lambda x: x[0]):
+            if tok.token_to_id(t["content"]) is None:
+                tok.add_special_tokens([AddedToken(t["content"], special=t.get("special", True), normalized=False)])
+        return cls(tok, _token_text(cfg.get("eos_token")), _token_text(cfg.get("pad_token")))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(d / "tokenizer.json"))
+        cfg = {"eos_token": self.eos_token, "pad_token": self.pad_token, "tokenizer_class": "PreTrainedTokenizerFast"}
+        (d / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return None if self.eos_token is None else self._tok.token_to_id(self.eos_token)
+
+    @property
+    def pad_token_id(self) -> int:
+        pid = None if self.pad_token is None else self._tok.token_to_id(self.pad_token)
+        return 0 if pid is None else pid
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        i = self._tok.token_to_id(token)
+        if i is None:
+            raise KeyError(f"token {token!r} is not in the vocabulary")
+        return i
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, batch: list[list[int]] | torch.Tensor, skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+    def __call__(self, texts: str | list[str], return_tensors: str | None = "pt", padding: bool = True
+                 ) -> dict[str, torch.Tensor | list]:
+        """Encode one or several texts; pads to the longest on `padding_side` with `pad_token_id`."""
+        single = isinstance(texts, str)
+        batch = [self.encode(t) for t in ([texts] if single else texts)]
+        if return_tensors != "pt":
+            return {"input_ids": batch[0] if single else batch}
+        width = max(len(ids) for ids in batch)
+        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            sl = slice(width - len(seq), width) if self.padding_side == "left" else slice(0, len(seq))
+            ids[row, sl] = torch.tensor(seq, dtype=torch.long)
+            mask[row, sl] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def _token_text(t: str | dict | None) -> str | None:
+    return t.get("content") if isinstance(t, dict) else t
+
+
+def _byte_level_bpe(vocab: Path, merges: Path) -> _Tok:
+    lines = [m for m in merges.read_text(encoding="utf-8").splitlines() if m and not m.startswith("#version")]
+    bpe = models.BPE(vocab=json.loads(vocab.read_text(encoding="utf-8")),
+                     merges=[tuple(m.split(" ", 1)) for m in lines])
+    tok = _Tok(bpe)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    return tok
