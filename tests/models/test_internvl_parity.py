@@ -123,3 +123,37 @@ def test_select_layer_matches_vision_feature_layer(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours.extract_feature(pix),
                                    hf.model.get_image_features(pixel_values=pix).pooler_output, **TOL)
+
+
+ROPE_VARIANTS = {
+    "phi3-longrope": ("phi3", {"rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                               "long_factor": [2.0 + 0.3 * i for i in range(8)], "rope_theta": 10000.0,
+                               "original_max_position_embeddings": 24}),
+    "llama-llama3": ("llama", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                               "high_freq_factor": 4.0, "original_max_position_embeddings": 16,
+                               "rope_theta": 500000.0}),
+    "qwen2-linear": ("qwen2", {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}),
+}
+
+
+@pytest.mark.parametrize("variant", list(ROPE_VARIANTS))
+def test_rope_scaling_variants_match_transformers(tmp_path, variant):
+    """RoPE scaling the presets use (Phi-3-128k LongRoPE, LLaMA-3.x), short and past the original length."""
+    pytest.importorskip("transformers")
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+    from conftest import VISION, randomize, text_config
+    family, rope = ROPE_VARIANTS[variant]
+    tc = text_config(family)
+    tc.update(rope_parameters=rope, max_position_embeddings=96)
+    if family == "phi3":
+        tc["original_max_position_embeddings"] = 24
+    hf = InternVLForConditionalGeneration(InternVLConfig(vision_config=VISION, text_config=tc, image_token_id=IMG,
+                                                         tie_word_embeddings=False)).eval()
+    randomize(hf)
+    hf.save_pretrained(tmp_path)
+    ours, _, _ = load_model(tmp_path)
+    pix = torch.randn(1, 3, 64, 64)
+    for n in (4, 50):  # inside and beyond original_max_position_embeddings
+        ids = torch.tensor([[11, 12] + [IMG] * PER_TILE + list(range(20, 20 + n))])
+        with torch.no_grad():
+            torch.testing.assert_close(ours(ids, pix).logits, hf(input_ids=ids, pixel_values=pix).logits, **TOL)
