@@ -123,3 +123,19 @@ def _byte_level_bpe(vocab: Path, merges: Path) -> _Tok:
     ])
     tok.decoder = decoders.ByteLevel()
     return tok
+
+
+# Special tokens of InternVL prompts (spec section 3) plus the ChatML markers of the internvl2_5 template.
+INTERNVL_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>",
+                           "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>")
+
+
+def byte_tokenizer(special_tokens: tuple[str, ...] = INTERNVL_SPECIAL_TOKENS) -> Tokenizer:
+    """A merge-free byte-level tokenizer (256 byte tokens + specials): for tests and random-weight demos."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = _Tok(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
+    return Tokenizer(tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
