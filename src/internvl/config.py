@@ -42,6 +42,7 @@ OFFICIAL_IGNORED = frozenset("""
     use_return_dict
 """.split())
 
+_QWEN3 = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
 LLM_ARCHITECTURES = (
     "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "LlamaForCausalLM",
     "InternLM2ForCausalLM", "InternLM3ForCausalLM", "Phi3ForCausalLM", "GptOssForCausalLM",
@@ -173,10 +174,10 @@ class LLMConfig:
     max_position_embeddings: int = 32768
     original_max_position_embeddings: int | None = None  # Phi-3 LongRoPE
     tie_word_embeddings: bool = False
-    attention_bias: bool = False  # bias on q/k/v
+    attention_bias: bool | None = None  # bias on q/k/v; None = the family's (True for Qwen2 only)
     attention_out_bias: bool = False  # bias on the output projection (LLaMA / InternLM2 tie it to the qkv one)
     mlp_bias: bool = False
-    qk_norm: bool = False  # Qwen3: per-head RMSNorm on q and k
+    qk_norm: bool | None = None  # per-head RMSNorm on q and k; None = the family's (Qwen3 / Qwen3-MoE)
     # sparse MoE (Qwen3-MoE, GPT-OSS); num_experts == 0 means dense
     num_experts: int = 0
     num_experts_per_tok: int = 0
@@ -193,6 +194,16 @@ class LLMConfig:
         if self.architecture not in LLM_ARCHITECTURES:
             raise ConfigError(f"unsupported LLM architecture {self.architecture!r}; "
                               f"supported: {', '.join(LLM_ARCHITECTURES)}")
+        qwen2, qwen3 = self.architecture == "Qwen2ForCausalLM", self.architecture in _QWEN3
+        if self.attention_bias is None:
+            object.__setattr__(self, "attention_bias", qwen2)
+        if self.qk_norm is None:
+            object.__setattr__(self, "qk_norm", qwen3)
+        # these flags are not written to the backbone's config.json, so they must be the family's
+        if qwen2 and not self.attention_bias:
+            raise ConfigError("Qwen2 backbones always have q/k/v bias (attention_bias=True)")
+        if self.qk_norm != qwen3:
+            raise ConfigError(f"qk_norm={self.qk_norm} does not match {self.architecture} (only Qwen3 has it)")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                               f"num_key_value_heads {self.num_key_value_heads}")
@@ -239,10 +250,8 @@ class LLMConfig:
             bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
             pad_token_id=d.get("pad_token_id"),
         )
-        if arch in ("Qwen2ForCausalLM",):
-            kw.update(attention_bias=True)
-        elif arch in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM"):
-            kw.update(attention_bias=d.get("attention_bias", False), qk_norm=True)
+        if arch in _QWEN3:
+            kw.update(attention_bias=d.get("attention_bias", False))
         elif arch in ("LlamaForCausalLM", "InternLM3ForCausalLM"):
             bias = d.get("attention_bias", d.get("qkv_bias", False))
             kw.update(attention_bias=bias, attention_out_bias=bias, mlp_bias=d.get("mlp_bias", d.get("bias", False)))

@@ -27,23 +27,26 @@ RENAMES = {
 }
 
 
-def pack_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    g = HEADS // KV_HEADS
+def pack_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, kv_heads: int, dim: int
+              ) -> torch.Tensor:
+    g = heads // kv_heads
     rows = []
-    for h in range(KV_HEADS):
-        rows += [q[(h * g + j) * HEAD_DIM:(h * g + j + 1) * HEAD_DIM] for j in range(g)]
-        rows += [k[h * HEAD_DIM:(h + 1) * HEAD_DIM], v[h * HEAD_DIM:(h + 1) * HEAD_DIM]]
+    for h in range(kv_heads):
+        rows += [q[(h * g + j) * dim:(h * g + j + 1) * dim] for j in range(g)]
+        rows += [k[h * dim:(h + 1) * dim], v[h * dim:(h + 1) * dim]]
     return torch.cat(rows)
 
 
-def to_internlm2(official_dir, out_dir) -> None:
+def to_internlm2(official_dir, out_dir, heads: int = HEADS, kv_heads: int = KV_HEADS, dim: int = HEAD_DIM) -> None:
+    """Rewrite an official LLaMA-backed checkpoint as the InternLM2-backed checkpoint it is equivalent to."""
     r = TensorReader(official_dir)
     ts = {k: r.get(k) for k in r.keys()}
     out = {}
     for key, t in ts.items():
         if ".self_attn.q_proj." in key:
             base = key.replace(".self_attn.q_proj.", ".attention.wqkv.")
-            out[base] = pack_wqkv(t, ts[key.replace("q_proj", "k_proj")], ts[key.replace("q_proj", "v_proj")])
+            out[base] = pack_wqkv(t, ts[key.replace("q_proj", "k_proj")], ts[key.replace("q_proj", "v_proj")],
+                                  heads, kv_heads, dim)
             continue
         if ".self_attn.k_proj." in key or ".self_attn.v_proj." in key:
             continue

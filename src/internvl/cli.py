@@ -1,0 +1,116 @@
+"""The `internvl` command: a table of subcommands, each a small function over parsed arguments.
+
+Only this module prints. Every expected failure (bad path, corrupt image, wrong layout) ends with one
+`error: ...` line and exit code 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import InternVLError
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .checkpoint.loader import convert
+    out = convert(args.src, args.dst, args.to)
+    print(f"wrote {args.to} checkpoint to {out}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .checkpoint.loader import build_model, read_config, resolve_path
+    from .presets import PRESETS
+    if args.model in PRESETS:
+        cfg, source = PRESETS[args.model].config, f"preset {args.model}"
+    else:
+        cfg, layout = read_config(resolve_path(args.model))
+        source = f"{args.model} ({layout} layout)"
+    model = build_model(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    parts = {name: sum(p.numel() for p in getattr(model, name).parameters())
+             for name in ("vision_model", "mlp1", "language_model")}
+    v, llm = cfg.vision, cfg.llm
+    print(f"model       {source}")
+    print(f"vision      InternViT {v.hidden_size}d x {v.num_hidden_layers} layers, {v.num_attention_heads} heads, "
+          f"{v.norm_type}, tile {cfg.image_size}px / patch {v.patch_size}")
+    print(f"llm         {llm.architecture} {llm.hidden_size}d x {llm.num_hidden_layers} layers, "
+          f"{llm.num_attention_heads}/{llm.num_key_value_heads} heads, vocab {llm.vocab_size}"
+          + (f", {llm.num_experts} experts top-{llm.num_experts_per_tok}" if llm.num_experts else ""))
+    print(f"image       {cfg.num_image_token} tokens per tile, tiles {cfg.min_dynamic_patch}-{cfg.max_dynamic_patch}"
+          f", thumbnail {cfg.use_thumbnail}, pixel shuffle {cfg.ps_version}, template {cfg.template}")
+    print(f"parameters  {n:,} (vision {parts['vision_model']:,}, projector {parts['mlp1']:,}, "
+          f"llm {parts['language_model']:,})")
+    print(f"memory      {n * 2 / 2**30:.2f} GiB in bf16, {n * 4 / 2**30:.2f} GiB in fp32 (weights only)")
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    import torch
+
+    from .chat import from_pretrained
+    from .processing.image import load_image
+    model, tokenizer = from_pretrained(args.model)
+    max_num = args.max_tiles or model.config.max_dynamic_patch
+    tiles = [load_image(f, input_size=model.config.image_size, max_num=max_num) for f in args.image]
+    pixel_values = torch.cat(tiles) if tiles else None
+    question = args.prompt
+    if len(tiles) > 1 and "<image>" not in question:
+        question = "".join(f"Image-{i + 1}: <image>\n" for i in range(len(tiles))) + question
+    gen = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0,
+           "temperature": args.temperature}
+    print(model.chat(tokenizer, pixel_values, question, gen, num_patches_list=[t.shape[0] for t in tiles] or None))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+    with tempfile.TemporaryDirectory() as tmp:
+        run_demo(Path(tmp), print)
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
+    "chat": (cmd_chat, "answer a question about images with a model"),
+    "convert": (cmd_convert, "convert a checkpoint between the official and -hf layouts"),
+    "info": (cmd_info, "print a model's configuration, parameter count and memory"),
+    "demo": (cmd_demo, "run a short chat on a tiny model to show the pipeline end to end"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="internvl", description="Run, convert and inspect InternVL models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "convert":
+            p.add_argument("src", help="checkpoint directory or Hub repo id")
+            p.add_argument("dst", help="output directory")
+            p.add_argument("--to", choices=["official", "hf"], required=True, help="layout to write")
+        elif name == "info":
+            p.add_argument("model", help="checkpoint directory, Hub repo id, or preset name")
+        elif name == "chat":
+            p.add_argument("prompt", help="the question")
+            p.add_argument("--model", required=True, help="checkpoint directory or Hub repo id")
+            p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
+            p.add_argument("--max-tiles", type=int, default=None, help="most tiles per image (default: config)")
+            p.add_argument("--max-new-tokens", type=int, default=256)
+            p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        COMMANDS[args.command][0](args)
+    except InternVLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
