@@ -9,6 +9,7 @@ checkpoint's config.json supplies them. Unknown names raise with the list of kno
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .config import InternVLConfig, LLMConfig, VisionConfig
@@ -34,6 +35,69 @@ def _official(vision: VisionConfig, llm: LLMConfig, params: int, published: str,
                   params=params, published=published)
 
 
+# ---- LLM backbones, as InternVL's llm_config records them (InternVL grows vocabularies and unties heads) ----
+_QWEN = dict(architecture="Qwen2ForCausalLM", vocab_size=151674, rope_theta=1e6, max_position_embeddings=32768,
+             bos_token_id=151643, eos_token_id=151645)
+_INTERNLM2 = dict(architecture="InternLM2ForCausalLM", vocab_size=92553, rms_norm_eps=1e-5, rope_theta=1e6,
+                  max_position_embeddings=32768, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+_QWEN3 = dict(architecture="Qwen3ForCausalLM", vocab_size=151936, head_dim=128, rope_theta=1e6,
+              max_position_embeddings=40960, bos_token_id=151643, eos_token_id=151645)
+
+
+def _dims(hidden: int, inter: int, layers: int, heads: int, kv: int) -> dict:
+    return dict(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=kv)
+
+
+def _ntk(factor: float) -> dict:
+    return {"rope_type": "dynamic", "factor": factor}
+
+
+QWEN2_0_5B = LLMConfig(**{**_QWEN, "vocab_size": 151655}, **_dims(896, 4864, 24, 14, 2))
+QWEN2_5_0_5B = LLMConfig(**_QWEN, **_dims(896, 4864, 24, 14, 2))
+QWEN2_5_1_5B = LLMConfig(**_QWEN, **_dims(1536, 8960, 28, 12, 2))
+QWEN2_5_3B = LLMConfig(**_QWEN, **_dims(2048, 11008, 36, 16, 2))
+QWEN2_5_7B = LLMConfig(**_QWEN, **_dims(3584, 18944, 28, 28, 4))
+QWEN2_5_14B = LLMConfig(**_QWEN, **_dims(5120, 13824, 48, 40, 8))
+QWEN2_5_32B = LLMConfig(**_QWEN, **_dims(5120, 27648, 64, 40, 8))
+QWEN2_5_72B = LLMConfig(**_QWEN, **_dims(8192, 29568, 80, 64, 8))
+INTERNLM2_1_8B = LLMConfig(**_INTERNLM2, **_dims(2048, 8192, 24, 16, 8), rope_scaling=_ntk(2.0))
+INTERNLM2_5_7B = LLMConfig(**_INTERNLM2, **_dims(4096, 14336, 32, 32, 8), rope_scaling=_ntk(2.0))
+INTERNLM2_20B = LLMConfig(**_INTERNLM2, **_dims(6144, 16384, 48, 48, 8), rope_scaling=_ntk(3.0))
+INTERNLM2_5_20B = dataclasses.replace(INTERNLM2_20B, rope_theta=5e7, rope_scaling=_ntk(2.5))
+# InternLM3-8B as InternVL3-9B stores it: InternLM2 naming (packed wqkv), InternLM3 sizes and vocabulary
+INTERNLM3_8B = LLMConfig(**{**_INTERNLM2, "vocab_size": 128512, "rope_theta": 5e7},
+                         **_dims(4096, 10240, 48, 32, 2), rope_scaling=_ntk(6.0))
+PHI3_MINI_128K = LLMConfig(architecture="Phi3ForCausalLM", vocab_size=32020, **_dims(3072, 8192, 32, 32, 32),
+                           rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=131072,
+                           original_max_position_embeddings=4096, bos_token_id=1, eos_token_id=32000,
+                           pad_token_id=32000)
+YI_34B = LLMConfig(architecture="LlamaForCausalLM", vocab_size=64007, **_dims(7168, 20480, 60, 56, 8),
+                   rms_norm_eps=1e-5, rope_theta=5e6, max_position_embeddings=4096, bos_token_id=1, eos_token_id=7)
+LLAMA3_70B = LLMConfig(architecture="LlamaForCausalLM", vocab_size=128265, **_dims(8192, 28672, 80, 64, 8),
+                       rms_norm_eps=1e-5, rope_theta=5e5, max_position_embeddings=8192, bos_token_id=128000,
+                       eos_token_id=128003)
+QWEN3_0_6B = LLMConfig(**_QWEN3, **_dims(1024, 3072, 28, 16, 8))
+QWEN3_1_7B = LLMConfig(**_QWEN3, **_dims(2048, 6144, 28, 16, 8))
+QWEN3_4B = LLMConfig(**_QWEN3, **_dims(2560, 9728, 36, 32, 8))
+QWEN3_8B = LLMConfig(**_QWEN3, **_dims(4096, 12288, 36, 32, 8))
+QWEN3_14B = LLMConfig(**_QWEN3, **_dims(5120, 17408, 40, 40, 8))
+QWEN3_32B = LLMConfig(**_QWEN3, **_dims(5120, 25600, 64, 64, 8))
+QWEN3_30B_A3B = LLMConfig(**{**_QWEN3, "architecture": "Qwen3MoeForCausalLM"}, **_dims(2048, 6144, 48, 32, 4),
+                          num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768)
+QWEN3_235B_A22B = LLMConfig(**{**_QWEN3, "architecture": "Qwen3MoeForCausalLM"}, **_dims(4096, 12288, 94, 64, 4),
+                            num_experts=128, num_experts_per_tok=8, moe_intermediate_size=1536)
+GPT_OSS_20B = LLMConfig(architecture="GptOssForCausalLM", vocab_size=201088, **_dims(2880, 2880, 24, 64, 8),
+                        head_dim=64, rms_norm_eps=1e-5, rope_theta=150000.0, max_position_embeddings=131072,
+                        num_experts=32, num_experts_per_tok=4, moe_intermediate_size=2880, eos_token_id=200002,
+                        pad_token_id=199999)
+
+
+def _v3(llm: LLMConfig) -> LLMConfig:
+    """InternVL3 keeps Qwen2.5 but trains with dynamic-NTK RoPE (factor 2) and ends text at <|endoftext|>."""
+    return dataclasses.replace(llm, rope_scaling=_ntk(2.0), eos_token_id=151643)
+
+
 _TINY_VISION = VisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                             image_size=112, patch_size=14)
 _TINY_LLM = LLMConfig(architecture="Qwen2ForCausalLM", vocab_size=268, hidden_size=128, intermediate_size=256,
@@ -43,232 +107,45 @@ _TINY_LLM = LLMConfig(architecture="Qwen2ForCausalLM", vocab_size=268, hidden_si
 PRESETS: dict[str, Preset] = {
     # 112px tiles -> 8x8 patches -> 16 tokens per tile; vocab sized for the byte-level test tokenizer
     "tiny-random": Preset(InternVLConfig(vision=_TINY_VISION, llm=_TINY_LLM, max_dynamic_patch=6), params=489_408),
-    "InternVL-Chat-V1-5": _official(
-        VIT_6B, LLMConfig(
-        architecture='InternLM2ForCausalLM', vocab_size=92553, hidden_size=6144, intermediate_size=16384,
-        num_hidden_layers=48, num_attention_heads=48, num_key_value_heads=8, rms_norm_eps=1e-05,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 3.0},
-        max_position_embeddings=32768, bos_token_id=1, eos_token_id=2, pad_token_id=2),
-        params=25_514_186_112, published='25.5B', template='internlm2-chat'),
-    "Mini-InternVL-Chat-2B-V1-5": _official(
-        VIT_300M, LLMConfig(
-        architecture='InternLM2ForCausalLM', vocab_size=92553, hidden_size=2048, intermediate_size=8192,
-        num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, rms_norm_eps=1e-05,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 2.0},
-        max_position_embeddings=32768, bos_token_id=1, eos_token_id=2, pad_token_id=2),
-        params=2_205_754_368, published='2.21B', template='internlm2-chat'),
-    "Mini-InternVL-Chat-4B-V1-5": _official(
-        VIT_300M, LLMConfig(
-        architecture='Phi3ForCausalLM', vocab_size=32020, hidden_size=3072, intermediate_size=8192,
-        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-05,
-        rope_theta=10000.0, original_max_position_embeddings=4096, max_position_embeddings=131072,
-        bos_token_id=1, eos_token_id=32000, pad_token_id=32000),
-        params=4_146_855_936, published='4.15B', template='phi3-chat'),
-    "InternVL2-1B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen2ForCausalLM', vocab_size=151655, hidden_size=896, intermediate_size=4864,
-        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, rms_norm_eps=1e-06,
-        rope_theta=1000000.0, max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151645),
-        params=938_158_976, published='938M', template='Hermes-2'),
-    "InternVL2-2B": _official(
-        VIT_300M, LLMConfig(
-        architecture='InternLM2ForCausalLM', vocab_size=92553, hidden_size=2048, intermediate_size=8192,
-        num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, rms_norm_eps=1e-05,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 2.0},
-        max_position_embeddings=32768, bos_token_id=1, eos_token_id=2, pad_token_id=2),
-        params=2_205_754_368, published='2.2B', template='internlm2-chat'),
-    "InternVL2-4B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Phi3ForCausalLM', vocab_size=32020, hidden_size=3072, intermediate_size=8192,
-        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, rms_norm_eps=1e-05,
-        rope_theta=10000.0, original_max_position_embeddings=4096, max_position_embeddings=131072,
-        bos_token_id=1, eos_token_id=32000, pad_token_id=32000),
-        params=4_146_855_936, published='4.15B', template='phi3-chat'),
-    "InternVL2-8B": _official(
-        VIT_300M, LLMConfig(
-        architecture='InternLM2ForCausalLM', vocab_size=92553, hidden_size=4096, intermediate_size=14336,
-        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-05,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 2.0},
-        max_position_embeddings=32768, bos_token_id=1, eos_token_id=2, pad_token_id=2),
-        params=8_075_365_376, published='8.1B', template='internlm2-chat'),
-    "InternVL2-26B": _official(
-        VIT_6B, LLMConfig(
-        architecture='InternLM2ForCausalLM', vocab_size=92553, hidden_size=6144, intermediate_size=16384,
-        num_hidden_layers=48, num_attention_heads=48, num_key_value_heads=8, rms_norm_eps=1e-05,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 3.0},
-        max_position_embeddings=32768, bos_token_id=1, eos_token_id=2, pad_token_id=2),
-        params=25_514_186_112, published='25.5B', template='internlm2-chat'),
-    "InternVL2-40B": _official(
-        VIT_6B, LLMConfig(
-        architecture='LlamaForCausalLM', vocab_size=64007, hidden_size=7168, intermediate_size=20480,
-        num_hidden_layers=60, num_attention_heads=56, num_key_value_heads=8, rms_norm_eps=1e-05,
-        rope_theta=5000000.0, max_position_embeddings=4096, bos_token_id=1, eos_token_id=7),
-        params=40_068_684_160, published='40.1B', template='Hermes-2'),
-    "InternVL2-Llama3-76B": _official(
-        VIT_6B, LLMConfig(
-        architecture='LlamaForCausalLM', vocab_size=128265, hidden_size=8192, intermediate_size=28672,
-        num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8, rms_norm_eps=1e-05,
-        rope_theta=500000.0, max_position_embeddings=8192, bos_token_id=128000, eos_token_id=128003),
-        params=76_262_358_400, published='76.3B', template='internlm2-chat'),
-    "InternVL2_5-1B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen2ForCausalLM', vocab_size=151674, hidden_size=896, intermediate_size=4864,
-        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, rms_norm_eps=1e-06,
-        rope_theta=1000000.0, max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151645),
-        params=938_193_024, published='938M'),
-    "InternVL2_5-2B": _official(
-        VIT_300M, LLMConfig(
-        architecture='InternLM2ForCausalLM', vocab_size=92553, hidden_size=2048, intermediate_size=8192,
-        num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, rms_norm_eps=1e-05,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 2.0},
-        max_position_embeddings=32768, bos_token_id=1, eos_token_id=2, pad_token_id=2),
-        params=2_205_754_368, published='2.21B'),
-    "InternVL2_5-4B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen2ForCausalLM', vocab_size=151674, hidden_size=2048, intermediate_size=11008,
-        num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2, rms_norm_eps=1e-06,
-        rope_theta=1000000.0, max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151645),
-        params=3_712_637_952, published='3.71B'),
-    "InternVL2_5-8B": _official(
-        VIT_300M, LLMConfig(
-        architecture='InternLM2ForCausalLM', vocab_size=92553, hidden_size=4096, intermediate_size=14336,
-        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-05,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 2.0},
-        max_position_embeddings=32768, bos_token_id=1, eos_token_id=2, pad_token_id=2),
-        params=8_075_365_376, published='8.08B'),
-    "InternVL2_5-26B": _official(
-        VIT_6B, LLMConfig(
-        architecture='InternLM2ForCausalLM', vocab_size=92553, hidden_size=6144, intermediate_size=16384,
-        num_hidden_layers=48, num_attention_heads=48, num_key_value_heads=8, rms_norm_eps=1e-05,
-        rope_theta=50000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 2.5},
-        max_position_embeddings=32768, bos_token_id=1, eos_token_id=2, pad_token_id=2),
-        params=25_514_186_112, published='25.5B'),
-    "InternVL2_5-38B": _official(
-        VIT_6B, LLMConfig(
-        architecture='Qwen2ForCausalLM', vocab_size=151674, hidden_size=5120, intermediate_size=27648,
-        num_hidden_layers=64, num_attention_heads=40, num_key_value_heads=8, rms_norm_eps=1e-06,
-        rope_theta=1000000.0, max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151645),
-        params=38_388_164_992, published='38.4B'),
-    "InternVL2_5-78B": _official(
-        VIT_6B, LLMConfig(
-        architecture='Qwen2ForCausalLM', vocab_size=151674, hidden_size=8192, intermediate_size=29568,
-        num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8, rms_norm_eps=1e-06,
-        rope_theta=1000000.0, max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151645),
-        params=78_408_318_336, published='78.4B'),
-    "InternVL3-1B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen2ForCausalLM', vocab_size=151674, hidden_size=896, intermediate_size=4864,
-        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, rms_norm_eps=1e-06,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 2.0},
-        max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151643),
-        params=938_193_024, published='938M'),
-    "InternVL3-2B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen2ForCausalLM', vocab_size=151674, hidden_size=1536, intermediate_size=8960,
-        num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, rms_norm_eps=1e-06,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 2.0},
-        max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151643),
-        params=2_088_957_440, published='2.09B'),
-    "InternVL3-8B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen2ForCausalLM', vocab_size=151674, hidden_size=3584, intermediate_size=18944,
-        num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, rms_norm_eps=1e-06,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 2.0},
-        max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151643),
-        params=7_944_373_760, published='7.94B'),
-    "InternVL3-9B": _official(
-        VIT_300M, LLMConfig(
-        architecture='InternLM2ForCausalLM', vocab_size=128512, hidden_size=4096, intermediate_size=10240,
-        num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=2, rms_norm_eps=1e-05,
-        rope_theta=50000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 6.0},
-        max_position_embeddings=32768, bos_token_id=1, eos_token_id=2, pad_token_id=2),
-        params=9_141_824_512, published='9.14B'),
-    "InternVL3-14B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen2ForCausalLM', vocab_size=151674, hidden_size=5120, intermediate_size=13824,
-        num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8, rms_norm_eps=1e-06,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 2.0},
-        max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151643),
-        params=15_117_256_704, published='15.1B'),
-    "InternVL3-38B": _official(
-        VIT_6B, LLMConfig(
-        architecture='Qwen2ForCausalLM', vocab_size=151674, hidden_size=5120, intermediate_size=27648,
-        num_hidden_layers=64, num_attention_heads=40, num_key_value_heads=8, rms_norm_eps=1e-06,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 2.0},
-        max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151643),
-        params=38_388_164_992, published='38.4B'),
-    "InternVL3-78B": _official(
-        VIT_6B, LLMConfig(
-        architecture='Qwen2ForCausalLM', vocab_size=151674, hidden_size=8192, intermediate_size=29568,
-        num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8, rms_norm_eps=1e-06,
-        rope_theta=1000000.0, rope_scaling={'rope_type': 'dynamic', 'factor': 2.0},
-        max_position_embeddings=32768, bos_token_id=151643, eos_token_id=151643),
-        params=78_408_318_336, published='78.4B'),
-    "InternVL3_5-1B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen3ForCausalLM', vocab_size=151936, hidden_size=1024, intermediate_size=3072,
-        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-        rms_norm_eps=1e-06, rope_theta=1000000.0, max_position_embeddings=40960, bos_token_id=151643,
-        eos_token_id=151645),
-        params=1_060_897_792, published='1.1B'),
-    "InternVL3_5-2B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen3ForCausalLM', vocab_size=151936, hidden_size=2048, intermediate_size=6144,
-        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-        rms_norm_eps=1e-06, rope_theta=1000000.0, max_position_embeddings=40960, bos_token_id=151643,
-        eos_token_id=151645),
-        params=2_348_347_392, published='2.3B'),
-    "InternVL3_5-4B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen3ForCausalLM', vocab_size=151936, hidden_size=2560, intermediate_size=9728,
-        num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-        rms_norm_eps=1e-06, rope_theta=1000000.0, max_position_embeddings=40960, bos_token_id=151643,
-        eos_token_id=151645),
-        params=4_732_489_216, published='4.7B'),
-    "InternVL3_5-8B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen3ForCausalLM', vocab_size=151936, hidden_size=4096, intermediate_size=12288,
-        num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-        rms_norm_eps=1e-06, rope_theta=1000000.0, max_position_embeddings=40960, bos_token_id=151643,
-        eos_token_id=151645),
-        params=8_528_318_464, published='8.5B'),
-    "InternVL3_5-14B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen3ForCausalLM', vocab_size=151936, hidden_size=5120, intermediate_size=17408,
-        num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=8, head_dim=128,
-        rms_norm_eps=1e-06, rope_theta=1000000.0, max_position_embeddings=40960, bos_token_id=151643,
-        eos_token_id=151645),
-        params=15_119_523_840, published='15.1B'),
-    "InternVL3_5-38B": _official(
-        VIT_6B, LLMConfig(
-        architecture='Qwen3ForCausalLM', vocab_size=151936, hidden_size=5120, intermediate_size=25600,
-        num_hidden_layers=64, num_attention_heads=64, num_key_value_heads=8, head_dim=128,
-        rms_norm_eps=1e-06, rope_theta=1000000.0, max_position_embeddings=40960, bos_token_id=151643,
-        eos_token_id=151645),
-        params=38_390_405_504, published='38.4B'),
-    "InternVL3_5-30B-A3B": _official(
-        VIT_300M, LLMConfig(
-        architecture='Qwen3MoeForCausalLM', vocab_size=151936, hidden_size=2048, intermediate_size=6144,
-        num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
-        rms_norm_eps=1e-06, rope_theta=1000000.0, max_position_embeddings=40960, bos_token_id=151643,
-        eos_token_id=151645, num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
-        norm_topk_prob=True),
-        params=30_848_730_112, published='30.8B'),
-    "InternVL3_5-241B-A28B": _official(
-        VIT_6B, LLMConfig(
-        architecture='Qwen3MoeForCausalLM', vocab_size=151936, hidden_size=4096, intermediate_size=12288,
-        num_hidden_layers=94, num_attention_heads=64, num_key_value_heads=4, head_dim=128,
-        rms_norm_eps=1e-06, rope_theta=1000000.0, max_position_embeddings=40960, bos_token_id=151643,
-        eos_token_id=151645, num_experts=128, num_experts_per_tok=8, moe_intermediate_size=1536,
-        norm_topk_prob=True),
-        params=240_699_370_368, published='240.7B'),
-    "InternVL3_5-GPT-OSS-20B-A4B": _official(
-        VIT_300M, LLMConfig(
-        architecture='GptOssForCausalLM', vocab_size=201088, hidden_size=2880, intermediate_size=2880,
-        num_hidden_layers=24, num_attention_heads=64, num_key_value_heads=8, head_dim=64,
-        rms_norm_eps=1e-05, rope_theta=150000.0, max_position_embeddings=131072, eos_token_id=200002,
-        pad_token_id=199999, num_experts=32, num_experts_per_tok=4, moe_intermediate_size=2880),
-        params=21_238_874_304, published='21.2B', template='internvl3_5_gpt_oss'),
+    # InternVL 1.5 and Mini-InternVL 1.5
+    "InternVL-Chat-V1-5": _official(VIT_6B, INTERNLM2_20B, 25_514_186_112, "25.5B", "internlm2-chat"),
+    "Mini-InternVL-Chat-2B-V1-5": _official(VIT_300M, INTERNLM2_1_8B, 2_205_754_368, "2.21B", "internlm2-chat"),
+    "Mini-InternVL-Chat-4B-V1-5": _official(VIT_300M, PHI3_MINI_128K, 4_146_855_936, "4.15B", "phi3-chat"),
+    # InternVL2
+    "InternVL2-1B": _official(VIT_300M, QWEN2_0_5B, 938_158_976, "938M", "Hermes-2"),
+    "InternVL2-2B": _official(VIT_300M, INTERNLM2_1_8B, 2_205_754_368, "2.2B", "internlm2-chat"),
+    "InternVL2-4B": _official(VIT_300M, PHI3_MINI_128K, 4_146_855_936, "4.15B", "phi3-chat"),
+    "InternVL2-8B": _official(VIT_300M, INTERNLM2_5_7B, 8_075_365_376, "8.1B", "internlm2-chat"),
+    "InternVL2-26B": _official(VIT_6B, INTERNLM2_20B, 25_514_186_112, "25.5B", "internlm2-chat"),
+    "InternVL2-40B": _official(VIT_6B, YI_34B, 40_068_684_160, "40.1B", "Hermes-2"),
+    "InternVL2-Llama3-76B": _official(VIT_6B, LLAMA3_70B, 76_262_358_400, "76.3B", "internlm2-chat"),
+    # InternVL2.5 (the -MPO releases share these architectures)
+    "InternVL2_5-1B": _official(VIT_300M, QWEN2_5_0_5B, 938_193_024, "938M"),
+    "InternVL2_5-2B": _official(VIT_300M, INTERNLM2_1_8B, 2_205_754_368, "2.21B"),
+    "InternVL2_5-4B": _official(VIT_300M, QWEN2_5_3B, 3_712_637_952, "3.71B"),
+    "InternVL2_5-8B": _official(VIT_300M, INTERNLM2_5_7B, 8_075_365_376, "8.08B"),
+    "InternVL2_5-26B": _official(VIT_6B, INTERNLM2_5_20B, 25_514_186_112, "25.5B"),
+    "InternVL2_5-38B": _official(VIT_6B, QWEN2_5_32B, 38_388_164_992, "38.4B"),
+    "InternVL2_5-78B": _official(VIT_6B, QWEN2_5_72B, 78_408_318_336, "78.4B"),
+    # InternVL3
+    "InternVL3-1B": _official(VIT_300M, _v3(QWEN2_5_0_5B), 938_193_024, "938M"),
+    "InternVL3-2B": _official(VIT_300M, _v3(QWEN2_5_1_5B), 2_088_957_440, "2.09B"),
+    "InternVL3-8B": _official(VIT_300M, _v3(QWEN2_5_7B), 7_944_373_760, "7.94B"),
+    "InternVL3-9B": _official(VIT_300M, INTERNLM3_8B, 9_141_824_512, "9.14B"),
+    "InternVL3-14B": _official(VIT_300M, _v3(QWEN2_5_14B), 15_117_256_704, "15.1B"),
+    "InternVL3-38B": _official(VIT_6B, _v3(QWEN2_5_32B), 38_388_164_992, "38.4B"),
+    "InternVL3-78B": _official(VIT_6B, _v3(QWEN2_5_72B), 78_408_318_336, "78.4B"),
+    # InternVL3.5
+    "InternVL3_5-1B": _official(VIT_300M, QWEN3_0_6B, 1_060_897_792, "1.1B"),
+    "InternVL3_5-2B": _official(VIT_300M, QWEN3_1_7B, 2_348_347_392, "2.3B"),
+    "InternVL3_5-4B": _official(VIT_300M, QWEN3_4B, 4_732_489_216, "4.7B"),
+    "InternVL3_5-8B": _official(VIT_300M, QWEN3_8B, 8_528_318_464, "8.5B"),
+    "InternVL3_5-14B": _official(VIT_300M, QWEN3_14B, 15_119_523_840, "15.1B"),
+    "InternVL3_5-38B": _official(VIT_6B, QWEN3_32B, 38_390_405_504, "38.4B"),
+    "InternVL3_5-30B-A3B": _official(VIT_300M, QWEN3_30B_A3B, 30_848_730_112, "30.8B"),
+    "InternVL3_5-241B-A28B": _official(VIT_6B, QWEN3_235B_A22B, 240_699_370_368, "240.7B"),
+    # the GPT-OSS backbone is not implemented yet: this preset records the shape only
+    "InternVL3_5-GPT-OSS-20B-A4B": _official(VIT_300M, GPT_OSS_20B, 21_238_874_304, "21.2B", "internvl3_5_gpt_oss"),
 }
 
 
