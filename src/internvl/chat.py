@@ -55,7 +55,7 @@ class InternVLChatModel(InternVL):
             raise ImageTokenMismatchError(f"pixel_values has {pixel_values.shape[0]} tiles but num_patches_list "
                                           f"sums to {sum(num_patches_list)}")
         query, question = build_query(self._template(), question, history, num_patches_list,
-                                      self.num_image_token, self.system_message, return_question=True)
+                                      self.num_image_token, self.system_message)
         inputs = tokenizer(query)
         out = generate(self, inputs["input_ids"], inputs["attention_mask"], pixel_values,
                        self._sampling(tokenizer, generation_config))
@@ -89,7 +89,8 @@ class InternVLChatModel(InternVL):
             raise ImageTokenMismatchError(f"pixel_values has {pixel_values.shape[0]} tiles but num_patches_list "
                                           f"sums to {total}")
         queries = [build_query(self._template(), q, None, p if pixel_values is not None else [],
-                               self.num_image_token, self.system_message) for q, p in zip(questions, per_question)]
+                               self.num_image_token, self.system_message)[0]
+                   for q, p in zip(questions, per_question)]
         tokenizer.padding_side = "left"
         inputs = tokenizer(queries)
         out = generate(self, inputs["input_ids"], inputs["attention_mask"], pixel_values,

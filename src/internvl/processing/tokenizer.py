@@ -80,8 +80,8 @@ class Tokenizer:
             raise KeyError(f"token {token!r} is not in the vocabulary")
         return i
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         if isinstance(ids, torch.Tensor):
@@ -95,7 +95,8 @@ class Tokenizer:
                  ) -> dict[str, torch.Tensor | list]:
         """Encode one or several texts; pads to the longest on `padding_side` with `pad_token_id`."""
         single = isinstance(texts, str)
-        batch = [self.encode(t) for t in ([texts] if single else texts)]
+        # like transformers' tokenizer(...): the tokenizer's own post-processor runs (InternLM2 adds <s>)
+        batch = [self.encode(t, add_special_tokens=True) for t in ([texts] if single else texts)]
         if return_tensors != "pt":
             return {"input_ids": batch[0] if single else batch}
         width = max(len(ids) for ids in batch)
