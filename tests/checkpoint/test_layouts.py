@@ -120,3 +120,11 @@ def test_bad_directories(tmp_path):
     (tmp_path / "c" / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="invalid JSON"):
         load_model(tmp_path / "c")
+
+
+def test_hub_repo_id_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="OpenGVLab/InternVL3-1B: not a local directory and could not be fetched"):
+        load_model("OpenGVLab/InternVL3-1B")

@@ -157,3 +157,13 @@ def test_rope_scaling_variants_match_transformers(tmp_path, variant):
         ids = torch.tensor([[11, 12] + [IMG] * PER_TILE + list(range(20, 20 + n))])
         with torch.no_grad():
             torch.testing.assert_close(ours(ids, pix).logits, hf(input_ids=ids, pixel_values=pix).logits, **TOL)
+
+
+def test_image_token_count_mismatch_is_a_clear_error(pair):
+    from internvl.errors import ImageTokenMismatchError
+    _, _, ours = pair
+    ids = prompt([2])
+    with pytest.raises(ImageTokenMismatchError, match=r"32 <IMG_CONTEXT> tokens .* 16 image features"):
+        ours(ids, torch.randn(1, 3, 64, 64))
+    with pytest.raises(ImageTokenMismatchError, match="0 image features"):
+        ours(ids)

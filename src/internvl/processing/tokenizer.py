@@ -50,8 +50,9 @@ class Tokenizer:
         if (d / "added_tokens.json").exists():
             added += [(i, {"content": t, "special": True}) for t, i in json.loads((d / "added_tokens.json").read_text()).items()]
         for _, t in sorted(added, key=lambda x: x[0]):
-            if tok.token_to_id(t["content"]) is None:
-                tok.add_special_tokens([AddedToken(t["content"], special=t.get("special", True), normalized=False)])
+            # registered even when the vocabulary has the string, so it is matched whole, never split by BPE
+            token = AddedToken(t["content"], special=t.get("special", True), normalized=False)
+            (tok.add_special_tokens if token.special else tok.add_tokens)([token])
         return cls(tok, _token_text(cfg.get("eos_token")), _token_text(cfg.get("pad_token")))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
