@@ -49,3 +49,13 @@ def hf_checkpoint(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(f"hf_{request.param}")
     model.save_pretrained(path)
     return request.param, model, path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA; without it they are skipped, not failed."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -39,6 +39,7 @@ def run_demo(workdir: Path, say: Callable[[str], None]) -> str:
     tokenizer = byte_tokenizer()
     cfg = PRESETS["tiny-random"].config.replace(image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"))
     model = InternVL(cfg)
+    model.init_weights()
     ckpt = save_checkpoint(model, workdir / "tiny-random", "official")
     tokenizer.save_pretrained(ckpt)
     say(f"saved a random tiny-random InternVL ({sum(p.numel() for p in model.parameters()):,} parameters) "
@@ -50,7 +51,7 @@ def run_demo(workdir: Path, say: Callable[[str], None]) -> str:
     say(f"tiled a 448x224 image into {pixel_values.shape[0]} tiles of {cfg.image_size}px "
         f"({pixel_values.shape[0] * cfg.num_image_token} image tokens)")
     question = "How many objects are there?"
-    answer = model.chat(tokenizer, pixel_values, question, {"max_new_tokens": 24})
+    answer = model.chat(tokenizer, pixel_values, question, {"max_new_tokens": 24, "do_sample": True, "seed": 0})
     say(f"Q: {question}\nA: {answer!r}   (random weights: the answer is noise)")
     say(f"done in {time.perf_counter() - t0:.1f}s")
     return answer

@@ -35,6 +35,20 @@ class InternVL(nn.Module):
         self.language_model = Decoder(cfg.llm)
         self.img_context_token_id: int | None = cfg.image_token_id
 
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """Fresh weights for training from scratch: N(0, std) matrices, zero biases, unit norms, layer scale
+        at its configured init (the official models' scheme; PyTorch's defaults suit none of these layers)."""
+        for name, p in self.named_parameters():
+            if name.endswith((".ls1", ".ls2")):
+                p.fill_(self.config.vision.initializer_factor)
+            elif p.ndim == 1 and ("norm" in name or name.startswith("mlp1.0")):
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, std)
+
     @property
     def num_image_token(self) -> int:
         return self.config.num_image_token
