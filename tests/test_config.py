@@ -97,3 +97,10 @@ def test_v1_pixel_shuffle_cannot_be_written_as_hf():
     cfg = InternVLConfig(ps_version="v1", image_token_id=1)
     with pytest.raises(ConfigError, match="ps_version"):
         cfg.to_hf()
+
+
+def test_system_message_is_read_and_written():
+    cfg = InternVLConfig.from_official(dict(OFFICIAL, system_message="Be terse."))
+    assert cfg.system_message == "Be terse."
+    assert cfg.to_official()["system_message"] == "Be terse."
+    assert "system_message" not in InternVLConfig.from_official(OFFICIAL).to_official()

@@ -23,10 +23,13 @@ from .processing.tokenizer import Tokenizer
 class InternVLChatModel(InternVL):
     """`InternVL` plus the official `chat` / `batch_chat` methods."""
 
-    system_message: str | None = None  # None: the template's own system message
+    system_message: str | None = None  # set to override config.system_message / the template's own
 
     def _template(self):
         return get_template(self.config.template)
+
+    def _system(self) -> str | None:
+        return self.system_message if self.system_message is not None else self.config.system_message
 
     def _sampling(self, tokenizer: Tokenizer, generation_config: dict | None) -> SamplingConfig:
         cfg = SamplingConfig.from_dict(generation_config)
@@ -55,7 +58,7 @@ class InternVLChatModel(InternVL):
             raise ImageTokenMismatchError(f"pixel_values has {pixel_values.shape[0]} tiles but num_patches_list "
                                           f"sums to {sum(num_patches_list)}")
         query, question = build_query(self._template(), question, history, num_patches_list,
-                                      self.num_image_token, self.system_message)
+                                      self.num_image_token, self._system())
         inputs = tokenizer(query)
         out = generate(self, inputs["input_ids"], inputs["attention_mask"], pixel_values,
                        self._sampling(tokenizer, generation_config))
@@ -89,7 +92,7 @@ class InternVLChatModel(InternVL):
             raise ImageTokenMismatchError(f"pixel_values has {pixel_values.shape[0]} tiles but num_patches_list "
                                           f"sums to {total}")
         queries = [build_query(self._template(), q, None, p if pixel_values is not None else [],
-                               self.num_image_token, self.system_message)[0]
+                               self.num_image_token, self._system())[0]
                    for q, p in zip(questions, per_question)]
         tokenizer.padding_side = "left"
         inputs = tokenizer(queries)

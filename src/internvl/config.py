@@ -37,7 +37,7 @@ GENERIC_KEYS = frozenset("""
 
 # Keys of the official top-level config that only steer training or old code paths.
 OFFICIAL_IGNORED = frozenset("""
-    use_backbone_lora use_llm_lora pad2square hidden_size tie_word_embeddings system_message
+    use_backbone_lora use_llm_lora pad2square hidden_size tie_word_embeddings
     compress_seq attn_type posid_type group_list chunk_num interaction rope_pos_id_version rope_pos_id_stride
     use_return_dict
 """.split())
@@ -336,6 +336,7 @@ class InternVLConfig:
     min_dynamic_patch: int = 1
     max_dynamic_patch: int = 12
     image_token_id: int | None = None  # id of <IMG_CONTEXT>; official configs leave it to the tokenizer
+    system_message: str | None = None  # overrides the template's system message (official config key)
 
     def __post_init__(self) -> None:
         if self.ps_version not in ("v1", "v2"):
@@ -367,7 +368,7 @@ class InternVLConfig:
 
     # ---------------- official layout ----------------
     _OFFICIAL_TOP = ("template", "select_layer", "downsample_ratio", "ps_version", "force_image_size",
-                     "dynamic_image_size", "use_thumbnail", "min_dynamic_patch", "max_dynamic_patch")
+                     "dynamic_image_size", "use_thumbnail", "min_dynamic_patch", "max_dynamic_patch", "system_message")
 
     @classmethod
     def from_official(cls, d: dict) -> InternVLConfig:
@@ -386,7 +387,9 @@ class InternVLConfig:
 
     def to_official(self) -> dict:
         d: dict[str, Any] = {"architectures": ["InternVLChatModel"], "model_type": "internvl_chat"}
-        d.update({k: getattr(self, k) for k in self._OFFICIAL_TOP})
+        d.update({k: getattr(self, k) for k in self._OFFICIAL_TOP if k != "system_message"})
+        if self.system_message is not None:
+            d["system_message"] = self.system_message
         d["vision_config"] = self.vision.to_official()
         d["llm_config"] = self.llm.to_dict()
         d["use_backbone_lora"] = 0
