@@ -1,8 +1,10 @@
-"""Image loading and normalization with PIL + numpy, the drop-in for the official `load_image` (spec section 4).
+"""Image input: open any image as RGB, tile it, and normalize the tiles to pixel values. Spec section 4.
 
-The official pipeline is torchvision's Resize(bicubic) + ToTensor + Normalize(ImageNet) on each tile; a
-tile is already `input_size` square, so the resize is a no-op and what remains is /255 and the ImageNet
-normalization, done here once over all tiles of an image in one vectorized numpy step.
+The drop-in for the official `load_image` / `build_transform` (torchvision `Resize(bicubic)` + `ToTensor`
++ `Normalize(ImageNet)`), written with PIL + numpy only. torchvision's PIL path resizes with PIL's own
+bicubic filter and then computes `(x / 255 - mean) / std` in float32; a uint8 pixel has only 256 values, so
+this module precomputes that float32 result per channel as a lookup table and gathers all tiles at once,
+which is bit-identical and several times faster. Tiling itself is `tiling.py`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -20,51 +23,124 @@ from .tiling import dynamic_preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2x its warning threshold)
+# Refuse images above Pillow's own hard decompression-bomb limit (it only warns at half of this).
+MAX_PIXELS = 2 * 89_478_485
 
-ImageInput = str | os.PathLike | bytes | Image.Image
+ImageInput = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image
+
+
+def _normalize_table() -> np.ndarray:
+    # Same float32 steps as ToTensor (x / 255) then Normalize ((x - mean) / std), for every uint8 value.
+    x = np.arange(256, dtype=np.float32) / np.float32(255)
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None]
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None]
+    return (x[None, :] - mean) / std  # (3, 256)
+
+
+_TABLE = _normalize_table()
+
+
+def _describe(image: ImageInput) -> str:
+    if isinstance(image, (bytes, bytearray)):
+        return f"<{len(image)} bytes>"
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    return str(getattr(image, "name", "<file object>"))
 
 
 def open_image(image: ImageInput) -> Image.Image:
-    """Open a path, raw bytes or a PIL image as RGB; anything unreadable raises ImageLoadError naming it."""
+    """Open an image as RGB, like the official `Image.open(path).convert('RGB')`.
+
+    Alpha is dropped, not composited, and EXIF orientation is not applied, both as upstream does, so the
+    pixels match the checkpoints' training and the official pipeline.
+
+    Args:
+        image: A path, raw encoded bytes, a binary file object, or a PIL image.
+
+    Returns:
+        A fully decoded RGB image.
+
+    Raises:
+        ImageLoadError: The file is missing, not an image, corrupt or truncated, or larger than
+            `MAX_PIXELS` (a decompression-bomb guard); the message names the input and the reason.
+    """
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    name = "<bytes>" if isinstance(image, (bytes, bytearray)) else os.fspath(image)
+        return image if image.mode == "RGB" else image.convert("RGB")
+    name = _describe(image)
+    source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            src = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else name
-            with Image.open(src) as img:
+            # Pillow warns between its two limits; the explicit check below is the one rule we apply.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as img:  # reads the header only
                 if img.width * img.height > MAX_PIXELS:
-                    raise ImageLoadError(f"{name}: {img.width}x{img.height} pixels is larger than the "
-                                         f"{MAX_PIXELS:,}-pixel limit (decompression-bomb guard)")
-                # plain convert, as the official pipeline: transparency is dropped, not composited
+                    raise ImageLoadError(
+                        f"{name}: {img.width}x{img.height} = {img.width * img.height:,} pixels exceeds the "
+                        f"{MAX_PIXELS:,}-pixel limit (decompression-bomb guard; raise "
+                        "internvl.processing.image.MAX_PIXELS if the file is trusted)")
+                img.load()
                 return img.convert("RGB")
     except ImageLoadError:
         raise
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(f"{name}: refused as a possible decompression bomb ({e})") from None
     except FileNotFoundError:
         raise ImageLoadError(f"{name}: no such file") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(f"{name}: image too large (decompression-bomb guard): {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageLoadError(f"{name}: not a readable image ({e})") from None
+    except IsADirectoryError:
+        raise ImageLoadError(f"{name}: is a directory, not an image file") from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(f"{name}: not an image file (Pillow cannot identify its format)") from None
+    except Exception as e:  # decoders raise many types (OSError, SyntaxError, struct.error, ...) on bad data
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        raise ImageLoadError(f"{name}: cannot read the image ({reason})") from None
 
 
 def to_pixel_values(tiles: list[Image.Image], input_size: int = 448) -> torch.Tensor:
-    """Square RGB tiles -> normalized float32 tensor (N, 3, input_size, input_size)."""
+    """Normalize tiles into the pixel values the vision encoder takes (the official `build_transform`).
+
+    Args:
+        tiles: Images, usually from `dynamic_preprocess`; any that is not `input_size` square is resized
+            with PIL bicubic, as torchvision's `Resize` on a PIL image does.
+        input_size: Side of a tile in pixels.
+
+    Returns:
+        float32 tensor (N, 3, input_size, input_size), ImageNet-normalized.
+    """
+    if not tiles:
+        raise ValueError("to_pixel_values needs at least one tile")
+    size = (input_size, input_size)
     arrays = []
     for tile in tiles:
-        if tile.size != (input_size, input_size):
-            tile = tile.resize((input_size, input_size), Image.Resampling.BICUBIC)
-        arrays.append(np.asarray(tile.convert("RGB"), dtype=np.uint8))
-    batch = np.stack(arrays).astype(np.float32) / 255.0  # (N, H, W, 3), same steps as ToTensor + Normalize
-    batch = (batch - np.asarray(IMAGENET_MEAN, dtype=np.float32)) / np.asarray(IMAGENET_STD, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+        if tile.mode != "RGB":
+            tile = tile.convert("RGB")  # build_transform converts before it resizes
+        if tile.size != size:
+            tile = tile.resize(size, Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(tile))
+    pixels = np.stack(arrays)  # (N, H, W, 3) uint8
+    out = np.empty((len(arrays), 3, input_size, input_size), dtype=np.float32)  # (N, 3, H, W)
+    for c in range(3):
+        # A gather from the 256-entry table: the exact float32 result, without float temporaries.
+        np.take(_TABLE[c], pixels[..., c], out=out[:, c], mode="wrap")
+    return torch.from_numpy(out)
 
 
 def load_image(image: ImageInput, input_size: int = 448, max_num: int = 12, min_num: int = 1,
                use_thumbnail: bool = True) -> torch.Tensor:
-    """Open, tile and normalize one image -> pixel values (tiles [+ thumbnail], 3, input_size, input_size)."""
+    """Open, tile and normalize one image: the official quick start's `load_image`.
+
+    Args:
+        image: A path, raw encoded bytes, a binary file object, or a PIL image.
+        input_size: Side of a tile (the model's `force_image_size`, 448 for released checkpoints).
+        max_num: Most tiles (`max_dynamic_patch`).
+        min_num: Fewest tiles (`min_dynamic_patch`).
+        use_thumbnail: Append a thumbnail tile when there is more than one tile.
+
+    Returns:
+        float32 tensor (N, 3, input_size, input_size): the tiles row by row, then the thumbnail.
+
+    Raises:
+        ImageLoadError: The image cannot be read (see `open_image`).
+    """
     tiles = dynamic_preprocess(open_image(image), min_num=min_num, max_num=max_num, image_size=input_size,
                                use_thumbnail=use_thumbnail)
     return to_pixel_values(tiles, input_size)

@@ -1,49 +1,92 @@
-"""Prompt building like the official `chat()`: template rendering plus `<image>` expansion (spec section 3).
+"""The query the official `chat()` / `batch_chat()` build: template rendering plus `<image>` expansion. Spec section 3.
 
-Each `<image>` placeholder, in order, becomes `<img>` + `<IMG_CONTEXT>` x (num_image_token x tiles) +
-`</img>`; the model later writes one image feature over each `<IMG_CONTEXT>`. A count mismatch between
-placeholders and images is an error here, before any tokenization or model work.
+A question (and its history) is rendered with the model's template; then each `<image>` placeholder, in
+order over the whole prompt, becomes `<img>` + `<IMG_CONTEXT>` x (num_image_token x tiles) + `</img>`, and
+the model writes one image feature over each `<IMG_CONTEXT>`. Unlike upstream, a placeholder count that
+differs from the number of images is an error here, before any tokenization or model work.
 """
 
 from __future__ import annotations
 
-from ..errors import ImageTokenMismatchError
-from .templates import Template, render
+from collections.abc import Sequence
 
-IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN = "<img>", "</img>", "<IMG_CONTEXT>"
+from ..errors import ImageTokenMismatchError
+from .templates import Message, Template, render
+
+IMG_START_TOKEN = "<img>"
+IMG_END_TOKEN = "</img>"
+IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 IMAGE_PLACEHOLDER = "<image>"
 
 
 def image_tokens(num_image_token: int, tiles: int) -> str:
+    """The text that stands for one image of `tiles` tiles: `<img>` + `<IMG_CONTEXT>` x n + `</img>`."""
     return IMG_START_TOKEN + IMG_CONTEXT_TOKEN * (num_image_token * tiles) + IMG_END_TOKEN
 
 
-def multi_image_prompt(n: int, label: str = "Image") -> str:
-    """'Image-1: <image>\\nImage-2: <image>\\n...' (label 'Frame' for video frames)."""
-    return "".join(f"{label}-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(n))
+def multi_image_prompt(n: int) -> str:
+    """'Image-1: <image>\\nImage-2: <image>\\n...', the official prefix for a question about n images."""
+    return "".join(f"Image-{i + 1}: {IMAGE_PLACEHOLDER}\n" for i in range(n))
 
 
-def expand_images(text: str, num_patches_list: list[int], num_image_token: int) -> str:
-    """Replace the `<image>` placeholders of `text`, in order, by their image-token blocks."""
+def add_image_placeholder(question: str, history: Sequence[tuple[str, str]] | None, num_images: int) -> str:
+    """The question as the official chat() records it: '<image>\\n' + question when images are given,
+    the conversation has no history and the question has no placeholder of its own; else unchanged.
+
+    Upstream tests `history is None`; an empty history counts as none here, since upstream would
+    otherwise send the images without any placeholder and fail later.
+    """
+    if num_images and not history and IMAGE_PLACEHOLDER not in question:
+        return IMAGE_PLACEHOLDER + "\n" + question
+    return question
+
+
+def expand_images(text: str, num_patches_list: Sequence[int], num_image_token: int) -> str:
+    """Replace the `<image>` placeholders of `text`, in order, by their image-token blocks.
+
+    Args:
+        text: A rendered prompt (or a single message).
+        num_patches_list: Tiles of each image, in placeholder order.
+        num_image_token: Tokens per tile (256 for released checkpoints).
+
+    Raises:
+        ImageTokenMismatchError: The number of placeholders differs from the number of images.
+    """
     found = text.count(IMAGE_PLACEHOLDER)
     if found != len(num_patches_list):
-        raise ImageTokenMismatchError(f"the prompt has {found} <image> placeholders but {len(num_patches_list)} "
-                                      "images were given")
-    for tiles in num_patches_list:
-        text = text.replace(IMAGE_PLACEHOLDER, image_tokens(num_image_token, tiles), 1)
-    return text
+        raise ImageTokenMismatchError(
+            f"the prompt has {found} {IMAGE_PLACEHOLDER} placeholder(s) but {len(num_patches_list)} image(s) "
+            f"were given (num_patches_list={list(num_patches_list)})")
+    head, *rest = text.split(IMAGE_PLACEHOLDER)
+    blocks = [image_tokens(num_image_token, tiles) + part for tiles, part in zip(num_patches_list, rest)]
+    return head + "".join(blocks)
 
 
-def build_query(template: Template, question: str, history: list[tuple[str, str]] | None,
-                num_patches_list: list[int], num_image_token: int, system_message: str | None = None
-                ) -> tuple[str, str]:
-    """(prompt ready to tokenize, question as recorded in history).
+def build_query(template: Template, question: str, history: Sequence[tuple[str, str]] | None = None,
+                num_patches_list: Sequence[int] | None = None, num_image_token: int = 256,
+                system_message: str | None = None, return_question: bool = False) -> str | tuple[str, str]:
+    """The prompt the official `chat()` sends to the tokenizer.
 
-    Like the official chat(): '<image>\\n' is prepended to the question when images are given, there is no
-    history and the question has no placeholder; placeholders anywhere in the conversation are expanded.
+    Args:
+        template: The model's conversation template.
+        question: The new user message; may hold `<image>` placeholders (e.g. `multi_image_prompt`).
+        history: Earlier (question, answer) pairs, as chat() returns them.
+        num_patches_list: Tiles of each image, in placeholder order over the whole conversation; None or
+            empty for a text-only query.
+        num_image_token: Tokens per tile.
+        system_message: Replaces the template's default system message.
+        return_question: Also return the question as it goes into the history (with any '<image>\\n'
+            this function prepended).
+
+    Returns:
+        The prompt, ending with the assistant's role prefix; or (prompt, question) with return_question.
+
+    Raises:
+        ImageTokenMismatchError: The conversation's placeholder count differs from len(num_patches_list).
     """
-    if num_patches_list and not history and IMAGE_PLACEHOLDER not in question:
-        question = IMAGE_PLACEHOLDER + "\n" + question
-    turns: list[str | None] = [t for pair in (history or []) for t in pair] + [question, None]
-    prompt = render(template, turns, system_message)
-    return expand_images(prompt, num_patches_list, num_image_token), question
+    patches = list(num_patches_list or [])
+    question = add_image_placeholder(question, history, len(patches))
+    messages: list[Message] = [m for q, a in (history or []) for m in ((0, q), (1, a))]
+    messages += [(0, question), (1, None)]
+    query = expand_images(render(template, messages, system_message), patches, num_image_token)
+    return (query, question) if return_question else query

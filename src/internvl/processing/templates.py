@@ -1,87 +1,170 @@
 """The official conversation templates as data, and the renderer that turns a conversation into a prompt.
 
-Spec section 3; facts from `internvl_chat/internvl/conversation.py`. Every template InternVL checkpoints
-name uses the "MPT" layout: system prompt + sep, then role + message + sep per finished turn, and the bare
-assistant role at the end to ask for a reply. The GPT-OSS variant ends the last assistant turn with `sep2`.
+Spec section 3. Facts from `internvl_chat/internvl/conversation.py` (and, for InternVL3.5-GPT-OSS,
+`internvl_chat_gpt_oss/internvl/model/internvl_chat/conversation.py`): `render` reproduces the official
+`Conversation.get_prompt()` byte for byte for the three separator styles InternVL checkpoints use, and
+`render_spans` splits the same string into supervised / unsupervised pieces the way the official training
+preprocessors (`preprocess_internvl2_5`, `preprocess_mpt`, ...) mask labels. No tokenization here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import TemplateError
 
-# The InternVL 1.5 / 2.0 system message, kept by later templates for older checkpoints.
+# The InternVL 1.5 / 2.0 system message, kept by the older templates so benchmark numbers do not move.
 _SYSTEM_V1 = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
-# The InternVL 2.5+ system message.
+# The InternVL 2.5 / 3 / 3.5 system message.
 _SYSTEM_V2_5 = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+_SYSTEM_GPT_OSS = ("You are InternVL, a large language model trained by Shanghai AI Laboratory.\n"
+                   "Knowledge cutoff: 2024-06\nCurrent date: 2025-08-06\n\nReasoning: low\n\n"
+                   "# Valid channels: final. Channel must be included for every message.")
+
+SepStyle = Literal["mpt", "mpt_two", "internvl_zh"]
+Message = tuple[int | str, str | None]
+_ROLE_ALIASES = {"user": 0, "human": 0, "assistant": 1, "gpt": 1}
 
 
 @dataclass(frozen=True)
 class Template:
+    """One conversation format (the official `Conversation` without its message list).
+
+    Attributes:
+        name: The name `config.json`'s `template` field uses.
+        system_template: Format string around the system message (`{system_message}`).
+        system_message: The default system message.
+        roles: (user prefix, assistant prefix), written before each message.
+        sep: Written after each finished message (and after the system prompt).
+        sep_style: "mpt": role + message + sep; "mpt_two": the same, but the conversation's last message,
+            when it is the assistant's, ends with sep2; "internvl_zh": role + ': ' + message, user turns end
+            with sep2 and assistant turns with sep.
+        sep2: The second separator of "mpt_two" and "internvl_zh".
+        stop_str: An extra string that ends generation, besides the separator.
+    """
+
     name: str
-    system_template: str  # holds {system_message}
+    system_template: str
     system_message: str
-    roles: tuple[str, str]  # (user prefix, assistant prefix)
+    roles: tuple[str, str]
     sep: str
-    sep2: str | None = None  # closes the last assistant message when set (GPT-OSS)
-    stop_str: str | None = None  # an extra stop string besides sep
-
-    @property
-    def stop_strings(self) -> list[str]:
-        """Strings that end a reply: the separator, and the template's extra stop string if any."""
-        stops = [self.sep.strip()] + ([self.sep2] if self.sep2 else [])
-        return stops + ([self.stop_str] if self.stop_str else [])
+    sep_style: SepStyle = "mpt"
+    sep2: str | None = None
+    stop_str: str | None = None
 
 
-_CHATML = ("<|im_start|>user\n", "<|im_start|>assistant\n")
+_CHATML_ROLES = ("<|im_start|>user\n", "<|im_start|>assistant\n")
 TEMPLATES: dict[str, Template] = {t.name: t for t in (
-    Template("Hermes-2", "<|im_start|>system\n{system_message}", _SYSTEM_V1, _CHATML, "<|im_end|>",
+    # InternVL-Chat-V1-1; its system_template is unused by its style, and its system message is empty.
+    Template("internvl_zh", "", "", ("<human>", "<bot>"), "</s>", sep_style="internvl_zh", sep2=" "),
+    # Hermes-2 and internlm2-chat render identically; they differ only in how training adds <s>.
+    Template("Hermes-2", "<|im_start|>system\n{system_message}", _SYSTEM_V1, _CHATML_ROLES, "<|im_end|>",
              stop_str="<|endoftext|>"),
-    Template("internlm2-chat", "<|im_start|>system\n{system_message}", _SYSTEM_V1, _CHATML, "<|im_end|>"),
+    Template("internlm2-chat", "<|im_start|>system\n{system_message}", _SYSTEM_V1, _CHATML_ROLES, "<|im_end|>"),
     Template("phi3-chat", "<|system|>\n{system_message}", _SYSTEM_V1, ("<|user|>\n", "<|assistant|>\n"), "<|end|>"),
-    Template("internvl2_5", "<|im_start|>system\n{system_message}", _SYSTEM_V2_5, _CHATML, "<|im_end|>\n"),
-    Template("internvl3_5_gpt_oss", "<|start|>system<|message|>{system_message}",
-             "You are InternVL, a large language model trained by Shanghai AI Laboratory.\nKnowledge cutoff: "
-             "2024-06\nCurrent date: 2025-08-06\n\nReasoning: low\n\n# Valid channels: final. Channel must be "
-             "included for every message.",
-             ("<|start|>user<|message|>", "<|start|>assistant"), "<|end|>", sep2="<|return|>"),
+    # InternVL2.5, 3 and 3.5 (Qwen2.5 / Qwen3 / InternLM backbones).
+    Template("internvl2_5", "<|im_start|>system\n{system_message}", _SYSTEM_V2_5, _CHATML_ROLES, "<|im_end|>\n"),
+    # InternVL3.5-GPT-OSS (harmony format).
+    Template("internvl3_5_gpt_oss", "<|start|>system<|message|>{system_message}", _SYSTEM_GPT_OSS,
+             ("<|start|>user<|message|>", "<|start|>assistant"), "<|end|>", sep_style="mpt_two",
+             sep2="<|return|>"),
 )}
 
 
 def get_template(name: str) -> Template:
+    """The template called `name` (as in `config.json`'s `template`).
+
+    Raises:
+        TemplateError: The name is unknown; the message lists the known names.
+    """
     try:
         return TEMPLATES[name]
     except KeyError:
         raise TemplateError(f"unknown conversation template {name!r}; known: {', '.join(TEMPLATES)}") from None
 
 
-def render_spans(template: Template, turns: list[str | None], system_message: str | None = None
-                 ) -> list[tuple[str, bool]]:
-    """A conversation as prompt pieces, each marked True when it is assistant output (what training supervises).
+def stop_strings(template: Template) -> list[str]:
+    """Strings that end a reply; the first is the one the official `chat()` makes the eos token.
 
-    `turns` alternate user and assistant texts starting with the user; a final None asks for a reply.
-    The supervised pieces are the assistant messages with their closing separator.
+    The official chat() stops at `sep.strip()` (`sep2.strip()` for the GPT-OSS style, whose replies end
+    with `<|return|>`); a template's `stop_str` is added after it.
     """
-    system = template.system_template.format(
-        system_message=template.system_message if system_message is None else system_message)
-    spans = [(system + template.sep, False)]
-    for i, text in enumerate(turns):
-        role = template.roles[i % 2]
-        if text is None:
-            if i != len(turns) - 1:
-                raise TemplateError(f"turn {i} has no text but is not the last turn")
-            spans.append((role, False))
+    eos = template.sep2 if template.sep_style == "mpt_two" else template.sep
+    return [eos.strip()] + ([template.stop_str] if template.stop_str else [])
+
+
+def _role_index(template: Template, role: int | str) -> int:
+    if role in (0, 1):
+        return int(role)
+    if isinstance(role, str) and role in template.roles:
+        return template.roles.index(role)
+    if isinstance(role, str) and role.lower() in _ROLE_ALIASES:
+        return _ROLE_ALIASES[role.lower()]
+    raise TemplateError(f"unknown role {role!r}: use 0/'user'/'human' or 1/'assistant'/'gpt'")
+
+
+def render_spans(template: Template, messages: Sequence[Message], system_message: str | None = None
+                 ) -> list[tuple[str, bool]]:
+    """The prompt as consecutive pieces, each marked True when training supervises it.
+
+    Supervised: each assistant message and its closing separator, minus the separator's trailing
+    whitespace (the official preprocessors mask the `\\n` after `<|im_end|>`). Everything else (system
+    prompt, user turns, role prefixes) is not. Adjacent pieces with the same mark are merged.
+
+    Args:
+        template: The conversation format.
+        messages: (role, text) pairs in order; role is 0/1, 'user'/'assistant' ('human'/'gpt'), or the
+            template's role string. A last message of None (or '') leaves the prompt open after that
+            role's prefix, for generation.
+        system_message: Replaces the template's default system message.
+
+    Raises:
+        TemplateError: An unknown role, or a None message that is not the last.
+    """
+    system = template.system_message if system_message is None else system_message
+    if template.sep_style == "internvl_zh":  # this style ignores system_template
+        pieces = [(system + template.sep2, False)]
+    else:
+        pieces = [(template.system_template.format(system_message=system) + template.sep, False)]
+    for i, (role, text) in enumerate(messages):
+        r = _role_index(template, role)
+        prefix = template.roles[r] + (": " if template.sep_style == "internvl_zh" else "")
+        if not text:  # the official `if message:`: an empty string also renders as an open turn
+            if text is None and i != len(messages) - 1:
+                raise TemplateError(f"message {i} is None but is not the last message")
+            pieces.append((prefix.rstrip(" ") if template.sep_style == "internvl_zh" else prefix, False))
             continue
-        last_reply = i % 2 == 1 and i == len(turns) - 1
-        sep = template.sep2 if template.sep2 and last_reply else template.sep
-        if i % 2 == 0:
-            spans.append((role + text + sep, False))
+        end = _separator(template, r, i, len(messages))
+        if r == 0:
+            pieces.append((prefix + text + end, False))
         else:
-            spans += [(role, False), (text + sep, True)]
-    return spans
+            kept = end.rstrip()
+            pieces += [(prefix, False), (text + kept, True), (end[len(kept):], False)]
+    return _merge(pieces)
 
 
-def render(template: Template, turns: list[str | None], system_message: str | None = None) -> str:
-    """The prompt string the official `get_prompt()` produces for these turns."""
-    return "".join(text for text, _ in render_spans(template, turns, system_message))
+def render(template: Template, messages: Sequence[Message], system_message: str | None = None) -> str:
+    """The prompt string the official `get_prompt()` produces (see `render_spans` for the arguments)."""
+    return "".join(text for text, _ in render_spans(template, messages, system_message))
+
+
+def _separator(template: Template, role: int, index: int, count: int) -> str:
+    if template.sep_style == "internvl_zh":
+        return (template.sep2, template.sep)[index % 2]  # by position, as upstream, not by role
+    if template.sep_style == "mpt_two" and role == 1 and index == count - 1:
+        return template.sep2
+    return template.sep
+
+
+def _merge(pieces: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    merged: list[tuple[str, bool]] = []
+    for text, supervised in pieces:
+        if not text:
+            continue
+        if merged and merged[-1][1] == supervised:
+            merged[-1] = (merged[-1][0] + text, supervised)
+        else:
+            merged.append((text, supervised))
+    return merged

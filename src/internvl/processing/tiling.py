@@ -1,8 +1,9 @@
-"""Dynamic high-resolution tiling, exactly as the official `dynamic_preprocess` (spec section 4).
+"""Dynamic high-resolution tiling: one image -> a grid of square tiles (+ a thumbnail). Spec section 4.
 
-An image is resized to the grid of `image_size` tiles whose aspect ratio is closest to its own, among all
-grids with `min_num <= cols * rows <= max_num`, then cut row by row; a thumbnail of the whole image is
-appended last when there is more than one tile, so the model also sees the global view.
+This is the official `dynamic_preprocess` of the InternVL model cards, reproduced exactly: the same
+candidate grids in the same order, the same closest-aspect-ratio rule with its tie break, the same PIL
+resize and the same row-by-row crops, so the tiles are pixel-identical. It does not normalize pixels
+(that is `image.py`) and does not open files.
 """
 
 from __future__ import annotations
@@ -11,31 +12,53 @@ from functools import lru_cache
 
 from PIL import Image
 
+from ..errors import ConfigError
+
 
 @lru_cache(maxsize=64)
 def candidate_grids(min_num: int, max_num: int) -> tuple[tuple[int, int], ...]:
-    """All (cols, rows) with min_num <= cols*rows <= max_num, by area.
+    """All (cols, rows) grids with `min_num <= cols * rows <= max_num`, smallest area first.
 
-    Built like the official code (a set, then a stable sort by area) so that grids of equal area come in
-    the same order, which the tie rule below depends on.
+    Built like the official code (a set, then a stable sort by area) on purpose: grids of equal area keep
+    the set's iteration order, and the tie rule of `target_grid` depends on which of them comes later.
+
+    Args:
+        min_num: Fewest tiles allowed.
+        max_num: Most tiles allowed.
+
+    Returns:
+        The candidate grids as (cols, rows) pairs.
     """
-    grids = set((i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
-                if min_num <= i * j <= max_num)
+    grids = set(
+        (i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+        if min_num <= i * j <= max_num)
     return tuple(sorted(grids, key=lambda g: g[0] * g[1]))
 
 
 def target_grid(width: int, height: int, min_num: int = 1, max_num: int = 12, image_size: int = 448
                 ) -> tuple[int, int]:
-    """The (cols, rows) grid for an image of this size.
+    """The (cols, rows) grid an image of this size is tiled into (the official `find_closest_aspect_ratio`).
 
-    Closest aspect ratio wins; on a tie the later (larger) grid wins only if the image has more than half
-    the pixels that grid would hold, so small images are not blown up.
+    The grid whose aspect ratio is closest to the image's wins. On an exact tie the later (larger) grid
+    replaces the current best only when the image has more than half the pixels that grid would hold, so
+    a small image is not blown up to many tiles.
+
+    Args:
+        width: Image width in pixels.
+        height: Image height in pixels.
+        min_num: Fewest tiles allowed.
+        max_num: Most tiles allowed.
+        image_size: Side of one square tile.
+
+    Returns:
+        (cols, rows); the image is resized to (image_size * cols, image_size * rows).
     """
-    aspect = width / height
+    _check(width, height, min_num, max_num)
+    aspect_ratio = width / height
     area = width * height
     best, best_diff = (1, 1), float("inf")
     for cols, rows in candidate_grids(min_num, max_num):
-        diff = abs(aspect - cols / rows)
+        diff = abs(aspect_ratio - cols / rows)
         if diff < best_diff:
             best, best_diff = (cols, rows), diff
         elif diff == best_diff and area > 0.5 * image_size * image_size * cols * rows:
@@ -45,13 +68,33 @@ def target_grid(width: int, height: int, min_num: int = 1, max_num: int = 12, im
 
 def dynamic_preprocess(image: Image.Image, min_num: int = 1, max_num: int = 12, image_size: int = 448,
                        use_thumbnail: bool = False) -> list[Image.Image]:
-    """Cut an image into `image_size` tiles (row by row), plus a thumbnail when asked and tiles > 1."""
-    if max_num < min_num or min_num < 1:
-        raise ValueError(f"need 1 <= min_num ({min_num}) <= max_num ({max_num})")
+    """Cut an image into `image_size` square tiles, row by row, plus a thumbnail last when asked.
+
+    Args:
+        image: The image (RGB in the official pipeline; other modes are resized with PIL's default filter
+            for that mode, exactly as the official code does).
+        min_num: Fewest tiles allowed.
+        max_num: Most tiles allowed.
+        image_size: Side of one square tile.
+        use_thumbnail: Append the whole image resized to one tile, when the grid has more than one tile.
+
+    Returns:
+        cols * rows tiles (left to right, top to bottom), then the thumbnail if any.
+    """
     cols, rows = target_grid(image.width, image.height, min_num, max_num, image_size)
-    resized = image.resize((image_size * cols, image_size * rows), Image.Resampling.BICUBIC)
+    # No explicit filter: PIL's default (bicubic for RGB) is what the official code gets.
+    resized = image.resize((image_size * cols, image_size * rows))
     tiles = [resized.crop((c * image_size, r * image_size, (c + 1) * image_size, (r + 1) * image_size))
              for r in range(rows) for c in range(cols)]
     if use_thumbnail and len(tiles) != 1:
-        tiles.append(image.resize((image_size, image_size), Image.Resampling.BICUBIC))
+        # Last, after the tiles: the checkpoints were trained with the global view in this position.
+        tiles.append(image.resize((image_size, image_size)))
     return tiles
+
+
+def _check(width: int, height: int, min_num: int, max_num: int) -> None:
+    # The official code silently falls back to one tile on an empty candidate list; say what is wrong.
+    if not 1 <= min_num <= max_num:
+        raise ConfigError(f"tile counts need 1 <= min_num <= max_num, got min_num={min_num}, max_num={max_num}")
+    if width < 1 or height < 1:
+        raise ConfigError(f"cannot tile an image of {width}x{height} pixels")

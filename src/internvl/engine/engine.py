@@ -1,0 +1,153 @@
+"""The generation engine: the one path every caller (chat, CLI, server, Best-of-N, eval) generates through.
+
+Continuous batching over a slot-based KV cache: `step()` first admits waiting requests into free slots
+(encode their images once, prefill, sample the first token), then advances every other running request
+by one token in a single batched decode. Requests carry their own sampling parameters and stop rules;
+finished requests free their slot at once, so new ones join between decode steps.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from ..errors import ContextTooLongError
+from ..models.internvl import InternVL
+from .kv_cache import KVCache
+from .sampling import SamplingParams, sample
+from .sequence import Sequence
+
+
+class Engine:
+    """Generate from token ids (+ images) with any mix of requests; no tokenization inside except decoding."""
+
+    def __init__(self, model: InternVL, decode=None, eos_token_ids: Iterable[int] = (), max_batch: int = 8,
+                 max_len: int | None = None) -> None:
+        """
+        Args:
+            model: an InternVL model in eval mode (any dtype/device).
+            decode: ids -> text, for stop strings and streaming (e.g. `tokenizer.decode`); None disables text.
+            eos_token_ids: tokens that end every request (the template separator, EOS).
+            max_batch: requests decoded together (KV-cache slots).
+            max_len: tokens per slot (prompt + output); defaults to the LLM's max_position_embeddings, capped at 8192.
+        """
+        self.model = model
+        self.decode = decode or (lambda ids: "")
+        self.eos = set(eos_token_ids)
+        llm = model.config.llm
+        self.max_len = max_len or min(llm.max_position_embeddings, 8192)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.cache = KVCache(llm.num_hidden_layers, max_batch, llm.num_key_value_heads, self.max_len,
+                             llm.dim_per_head, self.dtype, self.device)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    # ---- requests ----
+    def submit(self, prompt_ids: list[int], pixel_values: torch.Tensor | None = None,
+               params: SamplingParams | None = None) -> Sequence:
+        params = params or SamplingParams()
+        seq = Sequence(list(prompt_ids), params, pixel_values)
+        if len(seq.prompt_ids) + max(params.max_new_tokens, 1) > self.max_len:
+            raise ContextTooLongError(f"prompt of {len(seq.prompt_ids)} tokens + max_new_tokens "
+                                      f"{params.max_new_tokens} exceeds the context of {self.max_len} tokens")
+        if not seq.prompt_ids:
+            raise ValueError("empty prompt")
+        if params.seed is not None:
+            seq.generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        self.waiting.append(seq)
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop a request now (e.g. its client went away) and free its cache slot."""
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        if not seq.finished:
+            seq.finish_reason = "cancelled"
+        self._retire()
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- one engine iteration ----
+    @torch.inference_mode()
+    def step(self) -> list[Sequence]:
+        """Admit what fits, then decode one token for the rest; returns the sequences that advanced."""
+        advanced = []
+        while self.waiting and self.cache.free:
+            seq = self.waiting.popleft()
+            self._prefill(seq)
+            advanced.append(seq)
+        decoding = [s for s in self.running if s not in advanced and not s.finished]
+        if decoding:
+            self._decode(decoding)
+            advanced += decoding
+        self._retire()
+        return advanced
+
+    def _prefill(self, seq: Sequence) -> None:
+        seq.slot = self.cache.allocate()
+        self.running.append(seq)
+        if seq.params.max_new_tokens == 0:
+            seq.finish_reason = "length"
+            return
+        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        if seq.pixel_values is not None and seq.image_features is None:
+            seq.image_features = self.model.extract_feature(seq.pixel_values.to(self.device, self.dtype))
+        embeds = self.model.embed(ids, image_features=seq.image_features)
+        seq.image_features = seq.pixel_values = None  # used once; free the memory
+        view = self.cache.step([seq.slot], ids.shape[1])
+        hidden = self.model.language_model(embeds, view.positions(), view.mask(), view)
+        self._sample([seq], self.model.language_model.logits(hidden[:, -1]))
+
+    def _decode(self, seqs: list[Sequence]) -> None:
+        slots = [s.slot for s in seqs]
+        order = sorted(range(len(seqs)), key=lambda i: slots[i])  # contiguous slots read without a copy
+        seqs = [seqs[i] for i in order]
+        ids = torch.tensor([[s.output_ids[-1] if s.output_ids else s.prompt_ids[-1]] for s in seqs],
+                           device=self.device)
+        view = self.cache.step([s.slot for s in seqs], 1)
+        embeds = self.model.language_model.embed_tokens(ids)
+        hidden = self.model.language_model(embeds, view.positions(), view.mask(), view)
+        self._sample(seqs, self.model.language_model.logits(hidden[:, -1]))
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        seen = [torch.tensor(s.prompt_ids + s.output_ids, device=self.device)
+                if s.params.repetition_penalty != 1.0 else torch.empty(0, dtype=torch.long) for s in seqs]
+        tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs], seen).tolist()
+        for seq, tok in zip(seqs, tokens):
+            seq.append(tok, self.decode, self.eos)
+            if not seq.finished and self.cache.lengths[seq.slot] + 1 > self.max_len:
+                seq.finish_reason = "length"
+
+    def _retire(self) -> None:
+        for seq in [s for s in self.running if s.finished]:
+            self.running.remove(seq)
+            self.cache.release(seq.slot)
+
+    # ---- conveniences ----
+    def generate(self, requests: list[tuple[list[int], torch.Tensor | None, SamplingParams]]) -> list[Sequence]:
+        """Run a list of (prompt_ids, pixel_values, params) to completion; results in request order."""
+        seqs = [self.submit(*r) for r in requests]
+        while self.has_work():
+            self.step()
+        return seqs
+
+    def stream(self, prompt_ids: list[int], pixel_values: torch.Tensor | None = None,
+               params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield text as it becomes final; the chunks join to the full answer."""
+        seq = self.submit(prompt_ids, pixel_values, params)
+        try:
+            while not seq.finished:
+                self.step()
+                delta = seq.take_delta()
+                if delta:
+                    yield delta
+            delta = seq.take_delta()
+            if delta:
+                yield delta
+        finally:
+            if not seq.finished:
+                self.cancel(seq)
