@@ -12,11 +12,12 @@ import os
 import torch
 
 from .checkpoint.loader import load_model
+from .engine.engine import Engine
+from .engine.sampling import SamplingParams
 from .errors import ImageTokenMismatchError
-from .generation import SamplingConfig, generate
 from .models.internvl import InternVL
 from .processing.prompt import IMG_CONTEXT_TOKEN, build_query
-from .processing.templates import get_template
+from .processing.templates import get_template, stop_strings
 from .processing.tokenizer import Tokenizer
 
 
@@ -28,23 +29,30 @@ class InternVLChatModel(InternVL):
     def _template(self):
         return get_template(self.config.template)
 
+    def _stop(self) -> str:
+        """The token that ends a reply (the official chat() stops on the template separator)."""
+        return stop_strings(self._template())[0]
+
     def _system(self) -> str | None:
         return self.system_message if self.system_message is not None else self.config.system_message
 
-    def _sampling(self, tokenizer: Tokenizer, generation_config: dict | None) -> SamplingConfig:
-        cfg = SamplingConfig.from_dict(generation_config)
-        # like the official chat(): stop at the template separator token, whatever generation_config says
-        sep_id = tokenizer.convert_tokens_to_ids(self._template().sep.strip())
-        cfg.eos_token_id = sep_id
-        cfg.pad_token_id = tokenizer.pad_token_id
-        return cfg
+    def _run(self, tokenizer: Tokenizer, queries: list[str], pixel_values: list[torch.Tensor | None],
+             generation_config: dict | None) -> list[str]:
+        """Generate through the engine; like the official chat(), stop at the template separator token."""
+        params = SamplingParams.from_generation_config(generation_config)
+        prompts = [tokenizer(q, return_tensors=None)["input_ids"] for q in queries]
+        engine = Engine(self, decode=tokenizer.decode, max_batch=min(len(queries), 8),
+                        eos_token_ids=[tokenizer.convert_tokens_to_ids(self._stop())],
+                        max_len=max(len(p) for p in prompts) + max(params.max_new_tokens, 1))
+        seqs = engine.generate([(p, pv, params) for p, pv in zip(prompts, pixel_values)])
+        return [self._answer(tokenizer, s.output_ids) for s in seqs]
 
     def _bind(self, tokenizer: Tokenizer) -> None:
         self.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
 
-    def _answer(self, tokenizer: Tokenizer, ids: torch.Tensor) -> str:
+    def _answer(self, tokenizer: Tokenizer, ids: list[int]) -> str:
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        return text.split(self._template().sep.strip())[0].strip()
+        return text.split(self._stop())[0].strip()
 
     def chat(self, tokenizer: Tokenizer, pixel_values: torch.Tensor | None, question: str,
              generation_config: dict | None = None, history: list[tuple[str, str]] | None = None,
@@ -58,11 +66,8 @@ class InternVLChatModel(InternVL):
             raise ImageTokenMismatchError(f"pixel_values has {pixel_values.shape[0]} tiles but num_patches_list "
                                           f"sums to {sum(num_patches_list)}")
         query, question = build_query(self._template(), question, history, num_patches_list,
-                                      self.num_image_token, self._system())
-        inputs = tokenizer(query)
-        out = generate(self, inputs["input_ids"], inputs["attention_mask"], pixel_values,
-                       self._sampling(tokenizer, generation_config))
-        response = self._answer(tokenizer, out[0])
+                                      self.num_image_token, self._system(), return_question=True)
+        (response,) = self._run(tokenizer, [query], [pixel_values], generation_config)
         if verbose:
             print(query.replace(IMG_CONTEXT_TOKEN, "").replace("<img></img>", "<image>"), response)
         history = list(history or []) + [(question, response)]
@@ -92,13 +97,12 @@ class InternVLChatModel(InternVL):
             raise ImageTokenMismatchError(f"pixel_values has {pixel_values.shape[0]} tiles but num_patches_list "
                                           f"sums to {total}")
         queries = [build_query(self._template(), q, None, p if pixel_values is not None else [],
-                               self.num_image_token, self._system())[0]
+                               self.num_image_token, self._system())
                    for q, p in zip(questions, per_question)]
-        tokenizer.padding_side = "left"
-        inputs = tokenizer(queries)
-        out = generate(self, inputs["input_ids"], inputs["attention_mask"], pixel_values,
-                       self._sampling(tokenizer, generation_config))
-        return [self._answer(tokenizer, row) for row in out]
+        tiles = [sum(p) for p in per_question]
+        starts = [sum(tiles[:i]) for i in range(len(tiles))]
+        images = [pixel_values[a:a + n] if pixel_values is not None and n else None for a, n in zip(starts, tiles)]
+        return self._run(tokenizer, queries, images, generation_config)
 
 
 def from_pretrained(path_or_repo: str | os.PathLike, dtype: torch.dtype | None = None,

@@ -98,7 +98,7 @@ class Tokenizer:
         single = isinstance(texts, str)
         # like transformers' tokenizer(...): the tokenizer's own post-processor runs (InternLM2 adds <s>)
         batch = [self.encode(t, add_special_tokens=True) for t in ([texts] if single else texts)]
-        if return_tensors != "pt":
+        if return_tensors is None:
             return {"input_ids": batch[0] if single else batch}
         width = max(len(ids) for ids in batch)
         ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
