@@ -71,3 +71,43 @@ def test_demo_runs(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "tiles" in out and "A:" in out
+
+
+def test_repl_multi_turn_images_reset_and_bad_file(tiny, tmp_path, capsys, monkeypatch):
+    import io
+    Image.new("RGB", (224, 112), "green").save(tmp_path / "g.png")
+    script = "\n".join([f"/image {tmp_path / 'g.png'}", f"/image {tmp_path / 'g.png'}", "Compare them.",
+                        "And again?", f"/image {tmp_path / 'nope.png'}", "/bogus", "/reset", "Plain text.", "/exit",
+                        "never read"]) + "\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(script))
+    from internvl import chat as chat_module
+    seen = []
+    original = chat_module.InternVLChatModel.stream_chat
+
+    def spy(self, tokenizer, pixel_values, question, generation_config=None, history=None, num_patches_list=None):
+        seen.append((question, len(history or []), None if pixel_values is None else pixel_values.shape[0]))
+        return original(self, tokenizer, pixel_values, question, generation_config, history, num_patches_list)
+    monkeypatch.setattr(chat_module.InternVLChatModel, "stream_chat", spy)
+    assert main(["chat", "--model", str(tiny), "--max-new-tokens", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "nope.png" in err and "unknown command /bogus" in err and "reset" in err
+    assert seen[0] == ("Image-1: <image>\nImage-2: <image>\nCompare them.", 0, 6)  # 2 images x (2 tiles + thumb)
+    assert seen[1] == ("And again?", 1, 6)  # history kept, images of the conversation stay
+    assert seen[2] == ("Plain text.", 0, None)  # after /reset
+    assert len(seen) == 3  # /exit stopped the loop
+
+
+def test_video_one_shot(tiny, tmp_path, capsys):
+    av = pytest.importorskip("av")
+    path = tmp_path / "v.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(10):
+            out.mux(stream.encode(av.VideoFrame.from_image(Image.new("RGB", (64, 48), (20 * i, 0, 0)))))
+        out.mux(stream.encode())
+    assert main(["chat", "--model", str(tiny), "--video", str(path), "--num-frames", "3", "--max-new-tokens", "3",
+                 "What happens?"]) == 0
+    (tmp_path / "bad.mp4").write_bytes(b"nope")
+    assert main(["chat", "--model", str(tiny), "--video", str(tmp_path / "bad.mp4"), "x"]) == 2
+    assert "bad.mp4" in capsys.readouterr().err

@@ -8,6 +8,7 @@ list of tile counts per question).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -36,16 +37,31 @@ class InternVLChatModel(InternVL):
     def _system(self) -> str | None:
         return self.system_message if self.system_message is not None else self.config.system_message
 
+    def _engine(self, tokenizer: Tokenizer, prompts: list[list[int]], params: SamplingParams) -> Engine:
+        """An engine sized for these prompts; like the official chat(), it stops at the template separator."""
+        return Engine(self, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                      max_batch=min(len(prompts), 8), eos_token_ids=[tokenizer.convert_tokens_to_ids(self._stop())],
+                      max_len=max(len(p) for p in prompts) + max(params.max_new_tokens, 1))
+
     def _run(self, tokenizer: Tokenizer, queries: list[str], pixel_values: list[torch.Tensor | None],
              generation_config: dict | None) -> list[str]:
-        """Generate through the engine; like the official chat(), stop at the template separator token."""
         params = SamplingParams.from_generation_config(generation_config)
         prompts = [tokenizer(q, return_tensors=None)["input_ids"] for q in queries]
-        engine = Engine(self, decode=tokenizer.decode, max_batch=min(len(queries), 8),
-                        eos_token_ids=[tokenizer.convert_tokens_to_ids(self._stop())],
-                        max_len=max(len(p) for p in prompts) + max(params.max_new_tokens, 1))
-        seqs = engine.generate([(p, pv, params) for p, pv in zip(prompts, pixel_values)])
+        seqs = self._engine(tokenizer, prompts, params).generate([(p, pv, params) for p, pv in zip(prompts, pixel_values)])
         return [self._answer(tokenizer, s.output_ids) for s in seqs]
+
+    def stream_chat(self, tokenizer: Tokenizer, pixel_values: torch.Tensor | None, question: str,
+                    generation_config: dict | None = None, history: list[tuple[str, str]] | None = None,
+                    num_patches_list: list[int] | None = None) -> Iterator[str]:
+        """Like `chat()`, but yields the answer as it is generated (chunks join to the full text)."""
+        self._bind(tokenizer)
+        if num_patches_list is None:
+            num_patches_list = [pixel_values.shape[0]] if pixel_values is not None else []
+        query = build_query(self._template(), question, history, num_patches_list, self.num_image_token,
+                            self._system())
+        params = SamplingParams.from_generation_config(generation_config)
+        prompt = tokenizer(query, return_tensors=None)["input_ids"]
+        yield from self._engine(tokenizer, [prompt], params).stream(prompt, pixel_values, params)
 
     def _bind(self, tokenizer: Tokenizer) -> None:
         self.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
@@ -114,3 +130,53 @@ def from_pretrained(path_or_repo: str | os.PathLike, dtype: torch.dtype | None =
     if model.config.image_token_id is None:
         model.config = model.config.replace(image_token_id=model.img_context_token_id)
     return model, tokenizer
+
+
+class ChatSession:
+    """A multi-turn conversation with images, for the CLI: images added between questions attach to the
+    next question (`Image-k: <image>` lines when several), history and all images so far are kept."""
+
+    def __init__(self, model: InternVLChatModel, tokenizer: Tokenizer, generation_config: dict,
+                 max_tiles: int | None = None) -> None:
+        self.model, self.tokenizer, self.generation_config = model, tokenizer, generation_config
+        self.max_tiles = max_tiles or model.config.max_dynamic_patch
+        self.reset()
+
+    def reset(self) -> None:
+        self.history: list[tuple[str, str]] = []
+        self.tiles: list[torch.Tensor] = []  # every image of the conversation, in order
+        self.pending: list[str] = []  # placeholder lines for images not asked about yet
+
+    @property
+    def pending_images(self) -> int:
+        return len(self.pending)
+
+    def add_image(self, path: str) -> None:
+        from .processing.image import load_image
+        tiles = load_image(path, input_size=self.model.config.image_size, max_num=self.max_tiles)
+        self.tiles.append(tiles)
+        self.pending.append("<image>")
+
+    def add_video(self, path: str, num_frames: int) -> None:
+        from .processing.video import load_video
+        pixels, per_frame = load_video(path, input_size=self.model.config.image_size, num_segments=num_frames)
+        start = 0
+        for n in per_frame:
+            self.tiles.append(pixels[start:start + n])
+            start += n
+        self.pending += [f"Frame-{i + 1}: <image>" for i in range(len(per_frame))]
+
+    def ask(self, question: str) -> Iterator[str]:
+        """Stream the answer to `question` (with the pending images), then record the turn."""
+        if len(self.pending) > 1 and all(p == "<image>" for p in self.pending):
+            self.pending = [f"Image-{i + 1}: <image>" for i in range(len(self.pending))]
+        if self.pending:
+            question = "\n".join(self.pending) + "\n" + question
+        self.pending = []
+        pixel_values = torch.cat(self.tiles) if self.tiles else None
+        answer = []
+        for chunk in self.model.stream_chat(self.tokenizer, pixel_values, question, self.generation_config,
+                                            history=self.history, num_patches_list=[t.shape[0] for t in self.tiles]):
+            answer.append(chunk)
+            yield chunk
+        self.history.append((question, "".join(answer).strip()))

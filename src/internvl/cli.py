@@ -49,20 +49,49 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    import torch
-
-    from .chat import from_pretrained
-    from .processing.image import load_image
-    model, tokenizer = from_pretrained(args.model)
-    max_num = args.max_tiles or model.config.max_dynamic_patch
-    tiles = [load_image(f, input_size=model.config.image_size, max_num=max_num) for f in args.image]
-    pixel_values = torch.cat(tiles) if tiles else None
-    question = args.prompt
-    if len(tiles) > 1 and "<image>" not in question:
-        question = "".join(f"Image-{i + 1}: <image>\n" for i in range(len(tiles))) + question
+    from .chat import ChatSession, from_pretrained
+    from .runtime import resolve_dtype
+    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    model, tokenizer = from_pretrained(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
+    if args.quantize == "int8":
+        from .quantize import quantize_int8
+        quantize_int8(model)
     gen = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0,
-           "temperature": args.temperature}
-    print(model.chat(tokenizer, pixel_values, question, gen, num_patches_list=[t.shape[0] for t in tiles] or None))
+           "temperature": args.temperature, "top_p": args.top_p}
+    session = ChatSession(model, tokenizer, gen, max_tiles=args.max_tiles)
+    for path in args.image:
+        session.add_image(path)
+    if args.video:
+        session.add_video(args.video, args.num_frames)
+    if args.prompt:
+        _print_stream(session.ask(args.prompt))
+        return
+    print("interactive chat: /image FILE adds an image, /reset starts over, /exit (or Ctrl-D) quits", file=sys.stderr)
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            session.reset()
+            print("(conversation reset)", file=sys.stderr)
+        elif line.startswith("/image "):
+            try:
+                session.add_image(line[len("/image "):].strip())
+                print(f"(image added: {session.pending_images} waiting for the next question)", file=sys.stderr)
+            except InternVLError as e:  # a bad file in the REPL is reported, the session goes on
+                print(f"error: {e}", file=sys.stderr)
+        elif line.startswith("/"):
+            print(f"unknown command {line.split()[0]}; commands: /image FILE, /reset, /exit", file=sys.stderr)
+        else:
+            _print_stream(session.ask(line))
+
+
+def _print_stream(chunks) -> None:
+    for chunk in chunks:
+        print(chunk, end="", flush=True)
+    print()
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -92,12 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "info":
             p.add_argument("model", help="checkpoint directory, Hub repo id, or preset name")
         elif name == "chat":
-            p.add_argument("prompt", help="the question")
+            p.add_argument("prompt", nargs="?", help="the question; without it, an interactive chat on stdin")
             p.add_argument("--model", required=True, help="checkpoint directory or Hub repo id")
             p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
+            p.add_argument("--video", help="video file (frames become Frame-1: <image> ...)")
+            p.add_argument("--num-frames", type=int, default=8, help="frames sampled from --video")
             p.add_argument("--max-tiles", type=int, default=None, help="most tiles per image (default: config)")
             p.add_argument("--max-new-tokens", type=int, default=256)
             p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+            p.add_argument("--top-p", type=float, default=1.0)
+            p.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU has it, else fp32), bf16, fp32")
+            p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+            p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                           help="weight-only int8 for the LLM's linear layers")
     return parser
 
 

@@ -1,0 +1,45 @@
+"""Where and in what precision to run: the default device and dtype for inference.
+
+bf16 halves the bytes every decode step reads, which is what bounds CPU decoding; it is the default only
+where the CPU computes bf16 natively (AVX512-BF16 or AMX), otherwise bf16 matmuls are emulated and slower
+than fp32. GPUs use bf16.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "fp32": torch.float32, "float32": torch.float32}
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def resolve_dtype(name: str | None, device: str | torch.device) -> torch.dtype:
+    """'auto' / None -> the device default; otherwise one of DTYPES' names."""
+    if name in (None, "auto"):
+        return default_dtype(device)
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}") from None
