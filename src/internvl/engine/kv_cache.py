@@ -62,8 +62,8 @@ class StepView:
 
     def mask(self) -> torch.Tensor | None:
         """Boolean (B, 1, T, width) mask: each row sees its own past and, causally, its new tokens."""
-        if self.same_start and self.new_tokens > 1 and int(self.starts[0]) == 0:
-            return None  # plain causal prefill
+        if self.same_start and (self.new_tokens == 1 or int(self.starts[0]) == 0):
+            return None  # one new token sees every cached key; a fresh prefill is plain causal
         key = torch.arange(self.width, device=self.starts.device)
         query = self.positions()  # (B, T)
         return (key[None, None, :] <= query[:, :, None])[:, None]
