@@ -1,7 +1,8 @@
 """The tokenizer: a thin wrapper over the `tokenizers` library with the calls `chat()` scripts make.
 
 Spec section 3. Loads `tokenizer.json` when the checkpoint has one, else builds a byte-level BPE from
-`vocab.json` + `merges.txt` (Qwen-style checkpoints) with the added tokens of `tokenizer_config.json`.
+`vocab.json` + `merges.txt` (Qwen-style checkpoints), else converts a SentencePiece `tokenizer.model`
+(InternLM2/LLaMA-style checkpoints, see `sentencepiece.py`); then adds the tokens of `tokenizer_config.json`.
 Offers the slice of the transformers tokenizer API that InternVL quick-start code uses: `__call__` with
 left/right padding, `convert_tokens_to_ids`, `decode`, `batch_decode`, `eos_token_id`, `padding_side`.
 """
@@ -16,6 +17,7 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer as _Tok, decoders, models, pre_tokenizers
 
 from ..errors import CheckpointError
+from . import sentencepiece
 
 # Qwen2's pre-tokenizer split pattern (a fact of the Qwen2 tokenizer, needed to rebuild it from vocab/merges).
 _QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -41,11 +43,18 @@ class Tokenizer:
         elif (d / "vocab.json").exists() and (d / "merges.txt").exists():
             tok = _byte_level_bpe(d / "vocab.json", d / "merges.txt")
         elif (d / "tokenizer.model").exists():
-            raise CheckpointError(f"{d}: only a SentencePiece tokenizer.model is present; this package reads "
-                                  "tokenizer.json (convert once with transformers: "
-                                  "AutoTokenizer.from_pretrained(dir).save_pretrained(dir))")
+            sp = sentencepiece.read_model(d / "tokenizer.model")
+            try:
+                tok = sentencepiece.build_tokenizer(
+                    sp, legacy=cfg.get("legacy", True) is not False, add_bos_token=cfg.get("add_bos_token", True),
+                    add_eos_token=cfg.get("add_eos_token", False), bos_token=_token_text(cfg.get("bos_token")),
+                    eos_token=_token_text(cfg.get("eos_token")))
+            except CheckpointError as e:
+                raise CheckpointError(f"{d / 'tokenizer.model'}: {e}") from e
+            cfg.setdefault("eos_token", sp.piece(sp.eos_id))
         else:
-            raise CheckpointError(f"{d}: no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
+            raise CheckpointError(f"{d}: no tokenizer files (tokenizer.json, vocab.json + merges.txt, "
+                                  "or tokenizer.model)")
         added = [(int(i), t) for i, t in cfg.get("added_tokens_decoder", {}).items()]
         if (d / "added_tokens.json").exists():
             added += [(i, {"content": t, "special": True}) for t, i in json.loads((d / "added_tokens.json").read_text()).items()]
