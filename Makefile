@@ -22,5 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# side-by-side benchmarks against transformers (minutes; writes benchmarks/results/*.json)
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all
+
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

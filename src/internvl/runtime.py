@@ -7,6 +7,7 @@ than fp32. GPUs use bf16.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -43,3 +44,16 @@ def resolve_dtype(name: str | None, device: str | torch.device) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}") from None
+
+
+# Up to this many rows, a bf16 matmul on CPU runs faster through PyTorch's own GEMV kernels than through
+# oneDNN, whose GEMM setup dominates when there is one row (measured with benchmarks/bench_inference.py: the
+# 1-row decode step ~1.7x faster; from 2-4 rows oneDNN wins again).
+GEMV_MAX_ROWS = 1
+
+
+def matmul_mode(rows: int, dtype: torch.dtype, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The matmul backend for a forward over `rows` token rows (a decode step): see GEMV_MAX_ROWS."""
+    if rows <= GEMV_MAX_ROWS and dtype == torch.bfloat16 and torch.device(device).type == "cpu":
+        return torch.backends.mkldnn.flags(enabled=False)
+    return contextlib.nullcontext()

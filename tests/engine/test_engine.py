@@ -77,6 +77,43 @@ def test_ragged_batch_equals_one_at_a_time(model):
         assert seq.output_ids == alone[k][:12 - 4 * k]
 
 
+def test_ragged_prefill_logits_equal_single_prefills(model):
+    """Prompts of different lengths prefilled together, right-padded, give each prompt's own last logits,
+    and the padding never leaks into the following (ragged) decode step."""
+    g = torch.Generator().manual_seed(8)
+    reqs = [(prompt(4, 1, 9), torch.randn(1, 3, 64, 64, generator=g)), (prompt(25, 0, 10), None),
+            (prompt(2, 2, 11), torch.randn(2, 3, 64, 64, generator=g))]
+    engine = Engine(model, max_batch=3)
+    captured = []
+    sample = engine._sample
+    engine._sample = lambda seqs, logits: (captured.append(logits.clone()), sample(seqs, logits))[1]
+    seqs = [engine.submit(ids, pix, SamplingParams(max_new_tokens=2)) for ids, pix in reqs]
+    engine.step()  # one prefill of all three
+    engine.step()  # one decode of all three
+    assert [c.shape[0] for c in captured] == [3, 3]
+    for k, (ids, pix) in enumerate(reqs):
+        with torch.no_grad():
+            want = model(torch.tensor([ids + seqs[k].output_ids[:1]]), pix).logits[0, -2:]
+        torch.testing.assert_close(captured[0][k], want[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(captured[1][k], want[1], atol=1e-4, rtol=1e-4)
+
+
+def test_prefill_budget_splits_admission_and_cache_grows(model):
+    long_ids = prompt(300, 0, 12)  # past the cache's initial capacity of 256
+    engine = Engine(model, max_batch=4, prefill_budget=320)
+    seqs = [engine.submit(long_ids, None, SamplingParams(max_new_tokens=3)) for _ in range(2)]
+    first = engine.step()
+    assert first == [seqs[0]] and engine.waiting  # 2 x 300 padded tokens exceed the budget
+    assert engine.cache.capacity >= 301
+    while engine.has_work():
+        engine.step()
+    alone = Engine(model, max_batch=1).generate([(long_ids, None, SamplingParams(max_new_tokens=3))])[0]
+    assert seqs[0].output_ids == seqs[1].output_ids == alone.output_ids
+    small = Engine(model, max_batch=8)
+    small.generate([(prompt(5, 0, 1), None, SamplingParams(max_new_tokens=2))])
+    assert small.cache.capacity == 256  # memory follows use, not max_len x slots
+
+
 def test_seed_and_limits(model):
     ids = prompt(5, 0, 7)
     engine = Engine(model, max_batch=4)

@@ -1,9 +1,11 @@
 """The generation engine: the one path every caller (chat, CLI, server, Best-of-N, eval) generates through.
 
 Continuous batching over a slot-based KV cache: `step()` first admits waiting requests into free slots
-(encode their images once, prefill, sample the first token), then advances every other running request
-by one token in a single batched decode. Requests carry their own sampling parameters and stop rules;
-finished requests free their slot at once, so new ones join between decode steps.
+(encode their images once, prefill them together in one right-padded forward, sample the first token),
+then advances every other running request by one token in a single batched decode. Admission stops at a
+prefill token budget, so a burst of long (image) prompts delays running streams by one bounded step,
+not by all of them. Requests carry their own sampling parameters and stop rules; finished requests free
+their slot at once, so new ones join between decode steps.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from ..errors import ContextTooLongError
 from ..models.internvl import InternVL
+from ..runtime import matmul_mode
 from .kv_cache import KVCache
 from .sampling import SamplingParams, sample
 from .sequence import Sequence
@@ -24,20 +27,23 @@ class Engine:
     """Generate from token ids (+ images) with any mix of requests; no tokenization inside except decoding."""
 
     def __init__(self, model: InternVL, decode=None, eos_token_ids: Iterable[int] = (), max_batch: int = 8,
-                 max_len: int | None = None) -> None:
+                 max_len: int | None = None, prefill_budget: int = 4096) -> None:
         """
         Args:
             model: an InternVL model in eval mode (any dtype/device).
             decode: ids -> text, for stop strings and streaming (e.g. `tokenizer.decode`); None disables text.
             eos_token_ids: tokens that end every request (the template separator, EOS).
             max_batch: requests decoded together (KV-cache slots).
-            max_len: tokens per slot (prompt + output); defaults to the LLM's max_position_embeddings, capped at 8192.
+            max_len: tokens per slot (prompt + output); defaults to the LLM's max_position_embeddings, capped at
+                32768. The cache grows to what live requests use, so a large limit costs no memory up front.
+            prefill_budget: padded prompt tokens prefilled in one step (at least one request is always admitted).
         """
         self.model = model
         self.decode = decode or (lambda ids: "")
         self.eos = set(eos_token_ids)
         llm = model.config.llm
-        self.max_len = max_len or min(llm.max_position_embeddings, 8192)
+        self.max_len = max_len or min(llm.max_position_embeddings, 32768)
+        self.prefill_budget = prefill_budget
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.cache = KVCache(llm.num_hidden_layers, max_batch, llm.num_key_value_heads, self.max_len,
@@ -75,32 +81,49 @@ class Engine:
     @torch.inference_mode()
     def step(self) -> list[Sequence]:
         """Admit what fits, then decode one token for the rest; returns the sequences that advanced."""
-        advanced = []
-        while self.waiting and self.cache.free:
-            seq = self.waiting.popleft()
-            self._prefill(seq)
-            advanced.append(seq)
-        decoding = [s for s in self.running if s not in advanced and not s.finished]
+        decoding = [s for s in self.running if not s.finished]
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted)
         if decoding:
             self._decode(decoding)
-            advanced += decoding
         self._retire()
-        return advanced
+        return admitted + decoding
 
-    def _prefill(self, seq: Sequence) -> None:
-        seq.slot = self.cache.allocate()
-        self.running.append(seq)
-        if seq.params.max_new_tokens == 0:
-            seq.finish_reason = "length"
+    def _admit(self) -> list[Sequence]:
+        """Waiting requests for free slots, while their padded prompt tokens stay within the budget."""
+        admitted: list[Sequence] = []
+        longest = 0
+        while self.waiting and len(admitted) < len(self.cache.free):
+            longest_if = max(longest, len(self.waiting[0].prompt_ids))
+            if admitted and longest_if * (len(admitted) + 1) > self.prefill_budget:
+                break
+            admitted.append(self.waiting.popleft())
+            longest = longest_if
+        return admitted
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:
+            seq.slot = self.cache.allocate()
+            self.running.append(seq)
+            if seq.params.max_new_tokens == 0:
+                seq.finish_reason = "length"
+        seqs = [s for s in seqs if not s.finished]
+        if not seqs:
             return
-        ids = torch.tensor([seq.prompt_ids], device=self.device)
-        if seq.pixel_values is not None and seq.image_features is None:
-            seq.image_features = self.model.extract_feature(seq.pixel_values.to(self.device, self.dtype))
-        embeds = self.model.embed(ids, image_features=seq.image_features)
-        seq.image_features = seq.pixel_values = None  # used once; free the memory
-        view = self.cache.step([seq.slot], ids.shape[1])
+        lengths = [len(s.prompt_ids) for s in seqs]
+        embeds = torch.zeros(len(seqs), max(lengths), self.model.config.llm.hidden_size,
+                             dtype=self.dtype, device=self.device)
+        for row, seq in enumerate(seqs):
+            ids = torch.tensor([seq.prompt_ids], device=self.device)
+            if seq.pixel_values is not None and seq.image_features is None:
+                seq.image_features = self.model.extract_feature(seq.pixel_values.to(self.device, self.dtype))
+            embeds[row, :lengths[row]] = self.model.embed(ids, image_features=seq.image_features)[0]
+            seq.image_features = seq.pixel_values = None  # used once; free the memory
+        view = self.cache.prefill([s.slot for s in seqs], lengths)
         hidden = self.model.language_model(embeds, view.positions(), view.mask(), view)
-        self._sample([seq], self.model.language_model.logits(hidden[:, -1]))
+        last = hidden[torch.arange(len(seqs), device=self.device), torch.tensor(lengths, device=self.device) - 1]
+        self._sample(seqs, self.model.language_model.logits(last))
 
     def _decode(self, seqs: list[Sequence]) -> None:
         slots = [s.slot for s in seqs]
@@ -110,8 +133,10 @@ class Engine:
                            device=self.device)
         view = self.cache.step([s.slot for s in seqs], 1)
         embeds = self.model.language_model.embed_tokens(ids)
-        hidden = self.model.language_model(embeds, view.positions(), view.mask(), view)
-        self._sample(seqs, self.model.language_model.logits(hidden[:, -1]))
+        with matmul_mode(rows=len(seqs), dtype=self.dtype, device=self.device):
+            hidden = self.model.language_model(embeds, view.positions(), view.mask(), view)
+            logits = self.model.language_model.logits(hidden[:, -1])
+        self._sample(seqs, logits)
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         seen = [torch.tensor(s.prompt_ids + s.output_ids, device=self.device)
