@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Iterator
 
 import torch
 
@@ -52,8 +53,16 @@ def resolve_dtype(name: str | None, device: str | torch.device) -> torch.dtype:
 GEMV_MAX_ROWS = 1
 
 
-def matmul_mode(rows: int, dtype: torch.dtype, device: torch.device | str) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def matmul_mode(rows: int, dtype: torch.dtype, device: torch.device | str) -> Iterator[None]:
     """The matmul backend for a forward over `rows` token rows (a decode step): see GEMV_MAX_ROWS."""
-    if rows <= GEMV_MAX_ROWS and dtype == torch.bfloat16 and torch.device(device).type == "cpu":
-        return torch.backends.mkldnn.flags(enabled=False)
-    return contextlib.nullcontext()
+    if not (rows <= GEMV_MAX_ROWS and dtype == torch.bfloat16 and torch.device(device).type == "cpu"):
+        yield
+        return
+    # set the one switch directly: `torch.backends.mkldnn.flags()` also touches TF32 settings and warns
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
