@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory):
     pytest.importorskip("transformers")
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
-    from conftest import VISION, randomize, text_config
+    from hf_oracle import VISION, randomize, text_config
     tok = byte_tokenizer()
     tc = dict(text_config("qwen2"), vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id)
     hf = InternVLForConditionalGeneration(InternVLConfig(

@@ -86,7 +86,7 @@ def test_real_width_truncated_depth_matches_oracle(cfg, tmp_path):
     from transformers import InternVLConfig as HFConfig
     from transformers import InternVLForConditionalGeneration
 
-    from conftest import randomize
+    from hf_oracle import randomize
     if cfg.ps_version == "v1":
         pytest.skip("ps_version v1 has no -hf form; v1 is checked against v2 in test_internvl_parity")
     d = oracle_config(cfg)

@@ -66,7 +66,7 @@ def to_internlm2(official_dir, out_dir, heads: int = HEADS, kv_heads: int = KV_H
 @pytest.mark.parametrize("rope", [None, {"rope_type": "dynamic", "factor": 2.0}], ids=["default", "dynamic"])
 def test_internlm2_matches_llama_oracle(tmp_path, rope):
     pytest.importorskip("transformers")
-    from conftest import make_hf
+    from hf_oracle import make_hf
     hf = make_hf("llama")
     if rope:
         from transformers import InternVLConfig, InternVLForConditionalGeneration

@@ -114,7 +114,7 @@ def test_pixel_shuffle_v2_equals_oracle_and_v1_is_its_transpose():
 
 def test_select_layer_matches_vision_feature_layer(tmp_path):
     pytest.importorskip("transformers")
-    from conftest import make_hf
+    from hf_oracle import make_hf
     hf = make_hf("qwen2", vision_feature_layer=-2)
     hf.save_pretrained(tmp_path)
     ours, _, _ = load_model(tmp_path)
@@ -141,7 +141,7 @@ def test_rope_scaling_variants_match_transformers(tmp_path, variant):
     """RoPE scaling the presets use (Phi-3-128k LongRoPE, LLaMA-3.x), short and past the original length."""
     pytest.importorskip("transformers")
     from transformers import InternVLConfig, InternVLForConditionalGeneration
-    from conftest import VISION, randomize, text_config
+    from hf_oracle import VISION, randomize, text_config
     family, rope = ROPE_VARIANTS[variant]
     tc = text_config(family)
     tc.update(rope_parameters=rope, max_position_embeddings=96)
