@@ -42,3 +42,7 @@ class TemplateError(InternVLError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class DataError(InternVLError, ValueError):
+    """A training record or dataset description is malformed; the message starts with `file:line` (or the key)."""

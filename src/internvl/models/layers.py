@@ -123,12 +123,78 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+class Segments:
+    """Packed rows (several samples back to back per row) seen by attention as one row per sample.
+
+    A dense block-diagonal mask costs attention over whole rows (T^2 per row) however short the samples are.
+    Here each sample is gathered into a row of its own and plain causal attention runs with no mask (a sample
+    starts its row, padding only trails it). Samples of similar length share one attention call: sorted by
+    length, a group takes samples down to `min_fill` of its longest, so padding stays small and the number of
+    calls too. Built on the CPU from the batch's sample ids (no device sync); pass it where the decoder takes
+    `mask`.
+    """
+
+    def __init__(self, seq_ids: torch.Tensor, min_fill: float = 0.8) -> None:
+        """seq_ids (B, T): index of the sample within its row, -1 on padding; each sample contiguous."""
+        b, t = seq_ids.shape
+        flat = (seq_ids >= 0).flatten().nonzero().squeeze(1)  # packed positions of the real tokens, in order
+        key = torch.div(flat, t, rounding_mode="floor") * (t + 1) + seq_ids.flatten()[flat]  # (row, sample)
+        counts = torch.unique_consecutive(key, return_counts=True)[1].tolist()
+        starts = [0]
+        for c in counts[:-1]:
+            starts.append(starts[-1] + c)
+        order = sorted(range(len(counts)), key=lambda i: -counts[i])
+        self.shape = (b, t)
+        self.groups: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] = []  # (n, width, src, slot)
+        i = 0
+        while i < len(order):
+            width = counts[order[i]]
+            j = i + 1
+            while j < len(order) and counts[order[j]] >= min_fill * width:
+                j += 1
+            members = order[i:j]
+            src = torch.cat([flat[starts[m]:starts[m] + counts[m]] for m in members])
+            padded = any(counts[m] != width for m in members)
+            slot = torch.cat([k * width + torch.arange(counts[m]) for k, m in enumerate(members)]) if padded else None
+            self.groups.append((len(members), width, src, slot))
+            i = j
+
+    def to(self, device: torch.device | str) -> Segments:
+        self.groups = [(n, w, src.to(device), None if slot is None else slot.to(device))
+                       for n, w, src, slot in self.groups]
+        return self
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, H, T, D), k/v (B, Hkv, T, D) -> (B, H, T, D); zeros at padding positions."""
+        if not self.groups:
+            return torch.zeros_like(q)
+        flat = [x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3]) for x in (q, k, v)]  # (B*T, h, D) each
+        outs, srcs = [], []
+        for n, width, src, slot in self.groups:
+            def per_sample(x: torch.Tensor) -> torch.Tensor:  # (B*T, h, D) -> (n, h, width, D)
+                rows = x.index_select(0, src)
+                if slot is not None:
+                    rows = x.new_zeros(n * width, x.shape[1], x.shape[2]).index_copy(0, slot, rows)
+                return rows.view(n, width, x.shape[1], x.shape[2]).transpose(1, 2)
+
+            out = F.scaled_dot_product_attention(*(per_sample(x) for x in flat), is_causal=True,
+                                                 enable_gqa=k.shape[1] != q.shape[1])  # (n, H, width, D)
+            out = out.transpose(1, 2).reshape(n * width, out.shape[1], out.shape[3])
+            outs.append(out if slot is None else out.index_select(0, slot))
+            srcs.append(src)
+        b, t = self.shape
+        packed = q.new_zeros(b * t, q.shape[1], q.shape[3]).index_copy(0, torch.cat(srcs), torch.cat(outs))
+        return packed.view(b, t, q.shape[1], q.shape[3]).transpose(1, 2)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | Segments | None,
               is_causal: bool = False) -> torch.Tensor:
     """Scaled dot-product attention; q (B, H, T, D), k/v (B, Hkv, S, D); grouped KV heads are expanded.
 
-    `mask` is a boolean (B, 1, T, S) tensor (True = attend) or None.
+    `mask` is a boolean (B, 1, T, S) tensor (True = attend), None, or `Segments` for packed training rows.
     """
+    if isinstance(mask, Segments):
+        return mask.attend(q, k, v)
     # grouped KV heads are shared by SDPA itself (no repeated copy of the cache per step)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
                                           enable_gqa=k.shape[1] != q.shape[1])

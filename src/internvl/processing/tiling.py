@@ -104,6 +104,11 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1), thread_name_prefix="internvl-thumbnail")
 
 
+# A forked child (a DataLoader worker) inherits the cached executor but not its threads, so its first submit
+# would wait forever: give each child a fresh pool.
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def _check(width: int, height: int, min_num: int, max_num: int) -> None:
     # The official code silently falls back to one tile on an empty candidate list; say what is wrong.
     if not 1 <= min_num <= max_num:

@@ -93,6 +93,12 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def encode_with_offsets(self, text: str, add_special_tokens: bool = True
+                            ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and each token's (start, end) character span in `text` ((0, 0) for added BOS/EOS)."""
+        enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
+        return enc.ids, enc.offsets
+
     def decode(self, ids: list[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: data, packing, loss, and the training loop. Spec section 5."""

@@ -1,0 +1,151 @@
+"""The training run's settings: one dataclass, and the `internvl train` / `internvl merge-lora` flags made from it.
+
+Spec section 5. Flag names follow the official `internvl_chat_finetune.py` arguments where one exists
+(`--freeze-llm`, `--use-llm-lora`, `--unfreeze-vit-layers`, `--max-dynamic-patch`, ...), with dashes. Library
+code takes a `TrainConfig`, never an `argparse.Namespace`, so tests build one directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+STAGES = ("1", "1.5", "2")
+PARALLEL = ("fsdp", "ddp")
+REDUCTIONS = ("token", "sample", "square")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    model: str = _opt(None, "checkpoint directory or Hub repo id to fine-tune, or a preset name (random init; "
+                            "then --tokenizer is required)", required=True, metavar="DIR|REPO|PRESET")
+    meta_path: str = _opt(None, "official meta JSON: {name: {root, annotation, repeat_time, ...}}", required=True,
+                          metavar="JSON")
+    output_dir: str = _opt(None, "where checkpoint-STEP/ dirs, metrics.jsonl and loss_curve.png go", required=True,
+                           metavar="DIR")
+    tokenizer: str | None = _opt(None, "tokenizer directory (default: the --model checkpoint's); 'byte' for the "
+                                       "byte-level test tokenizer", metavar="DIR")
+    # what trains
+    stage: str | None = _opt(None, "preset: 1 = projector only, 1.5 = ViT + projector, 2 = everything (or LoRA)",
+                             choices=STAGES)
+    freeze_llm: bool = _opt(False, "freeze the language model")
+    freeze_backbone: bool = _opt(False, "freeze the vision tower (InternViT)")
+    freeze_mlp: bool = _opt(False, "freeze the projector (mlp1)")
+    unfreeze_vit_layers: int = _opt(0, "train the last N ViT layers even when the ViT is frozen (a negative N "
+                                       "means the same, as the official layers[N:] slice)")
+    use_llm_lora: int = _opt(0, "LoRA rank on the LLM (0 = no LoRA); the LLM's own weights are then frozen")
+    use_backbone_lora: int = _opt(0, "LoRA rank on the ViT (0 = no LoRA)")
+    lora_alpha: float | None = _opt(None, "LoRA alpha (default: 2 x rank, as the official scripts)")
+    lora_dropout: float = _opt(0.05, "dropout on the LoRA input")
+    lora_target_modules: list[str] | None = _opt(None, "LLM module names for LoRA (default: q/k/v/o_proj, "
+                                                       "gate/up/down_proj)", nargs="+")
+    backbone_lora_target_modules: list[str] | None = _opt(None, "ViT module names for LoRA (default: attn.qkv, "
+                                                                "attn.proj, mlp.fc1, mlp.fc2)", nargs="+")
+    drop_path_rate: float | None = _opt(None, "ViT stochastic depth (default: the model config's)")
+    # optimisation
+    lr: float = _opt(2e-5, "peak learning rate (AdamW)", aliases=("--learning-rate",))
+    weight_decay: float = _opt(0.05, "AdamW weight decay (not applied to biases, norms, layer scales, embeddings "
+                                     "of positions)")
+    warmup_ratio: float = _opt(0.03, "share of the steps with a linear warmup before the cosine decay")
+    min_lr_ratio: float = _opt(0.0, "the cosine decays to lr x this")
+    max_steps: int | None = _opt(None, "optimizer steps to run (overrides --num-train-epochs)")
+    num_train_epochs: float = _opt(1.0, "passes over the data (when --max-steps is not given)")
+    per_device_batch_size: int = _opt(1, "samples per micro-batch per process (packed: samples packed together)",
+                                      aliases=("--per-device-train-batch-size",))
+    gradient_accumulation_steps: int = _opt(1, "micro-batches per optimizer step")
+    max_grad_norm: float = _opt(1.0, "clip the global gradient norm to this (0 = no clipping)")
+    bf16: bool = _opt(False, "bf16 autocast (weights and optimizer state stay fp32)")
+    grad_checkpoint: bool = _opt(False, "recompute each ViT / decoder layer in backward (saves activation memory)")
+    loss_reduction: str = _opt("square", "per-sample token weighting: token (1), sample (1/n), square (1/sqrt n)",
+                               choices=REDUCTIONS)
+    # data
+    packed: bool = _opt(False, "pack the samples of a micro-batch into rows of --max-packed-tokens",
+                        aliases=("--use-packed-ds",))
+    max_packed_tokens: int = _opt(4096, "tokens per packed row")
+    max_seq_length: int = _opt(4096, "longest sample in tokens (longer ones are truncated)")
+    max_dynamic_patch: int | None = _opt(None, "most tiles per image (default: the model config's)")
+    num_workers: int = _opt(0, "DataLoader worker processes (0 = load in the training process)")
+    skip_bad_samples: bool = _opt(False, "log and skip malformed records instead of stopping")
+    # saving, logging, running
+    save_steps: int = _opt(500, "save a checkpoint every N steps (0 = only at the end)")
+    save_total_limit: int = _opt(2, "keep the newest N checkpoints (0 = keep all)")
+    resume: bool = _opt(False, "continue from the newest checkpoint in --output-dir (model, optimizer, schedule, "
+                               "data position, RNG)")
+    seed: int = _opt(0, "seed for initialisation, data order and dropout")
+    log_steps: int = _opt(1, "write metrics every N steps")
+    parallel: str = _opt("fsdp", "multi-process strategy under torchrun: FSDP2 (fully_shard) or DDP",
+                         choices=PARALLEL)
+    device: str | None = _opt(None, "cpu or cuda (default: cuda when available)")
+    progress: bool = _opt(True, "tqdm progress bar on rank 0 (--no-progress to hide)")
+    max_steps_this_run: int | None = _opt(None, "stop (after saving) once this invocation has run N steps; "
+                                                "for interrupting and resuming on purpose")
+
+    def __post_init__(self) -> None:
+        for name in ("model", "meta_path", "output_dir"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')} is required")
+        if self.stage is not None and str(self.stage) not in STAGES:
+            raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.stage is not None:
+            self.stage = str(self.stage)
+        for name in ("per_device_batch_size", "gradient_accumulation_steps", "max_packed_tokens", "max_seq_length",
+                     "log_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("use_llm_lora", "use_backbone_lora", "save_steps", "save_total_limit", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.loss_reduction not in REDUCTIONS:
+            raise ConfigError(f"--loss-reduction must be one of {', '.join(REDUCTIONS)}, got {self.loss_reduction!r}")
+        if self.parallel not in PARALLEL:
+            raise ConfigError(f"--parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One flag per dataclass field: `--field-name`, help from the field's metadata."""
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        names = [f"--{f.name.replace('_', '-')}", *meta.pop("aliases", ())]
+        kw: dict[str, Any] = {"help": meta.pop("help"), "dest": f.name, **meta}
+        if f.type in ("bool", bool):
+            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+            kw.pop("required", None)
+        else:
+            kw["type"] = _scalar_type(str(f.type))
+            if "choices" not in kw:
+                kw.setdefault("metavar", {int: "N", float: "X"}.get(kw["type"], "NAME" if "nargs" in kw else None))
+        kw.setdefault("default", f.default)
+        parser.add_argument(*names, **kw)
+
+
+def _scalar_type(annotation: str) -> type:
+    for name, t in (("int", int), ("float", float)):
+        if annotation.startswith(name):
+            return t
+    return str
+
+
+def from_namespace(ns: argparse.Namespace, cls: type = TrainConfig) -> Any:
+    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class MergeConfig:
+    adapter: str = _opt(None, "the adapter/ directory of a LoRA training checkpoint", required=True, metavar="DIR")
+    output: str = _opt(None, "directory for the merged checkpoint (official layout)", required=True, metavar="DIR")
+    model: str | None = _opt(None, "base model (default: the one the adapter was trained from)",
+                             metavar="DIR|REPO|PRESET")
+    tokenizer: str | None = _opt(None, "tokenizer to save beside the weights (default: the base model's, or the "
+                                       "adapter's checkpoint)", metavar="DIR")
