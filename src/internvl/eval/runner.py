@@ -1,0 +1,196 @@
+"""The evaluation runner: a task's samples -> batched greedy generation through one engine -> scores.
+
+One `Engine` serves the whole run: samples are tiled and tokenized lazily and submitted while the engine
+runs (continuous batching, at most `batch_size` decoding together), so memory holds a batch, not the
+dataset. The blind baseline repeats the run with every image replaced by a white one of the same size
+(so tiling and prompt length are unchanged): the gap between the two is what the model learned from
+pixels rather than from question priors. Writes `predictions.jsonl`, `summary.json` and `accuracy.png`
+(see `report.py`); prints nothing (the CLI prints `report.format_table`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..engine.engine import Engine
+from ..engine.sampling import SamplingParams
+from ..models.internvl import InternVL
+from ..processing.image import load_image
+from ..processing.prompt import IMG_CONTEXT_TOKEN, build_query
+from ..processing.templates import get_template, stop_strings
+from ..processing.tokenizer import Tokenizer
+from . import report
+from .metrics import mean
+from .tasks import Sample, Task, get_task
+
+logger = logging.getLogger(__name__)
+
+# The model `internvl eval` uses when --model is not given. None until the trained tiny model ships;
+# until then --model is required.
+DEFAULT_MODEL: str | None = None
+BLANK = (255, 255, 255)  # the blind baseline's image color
+
+
+@dataclass
+class EvalConfig:
+    task: str = "shapes"  # registered task name (eval/tasks.py)
+    model: str | None = DEFAULT_MODEL  # checkpoint directory or Hub repo id
+    n: int = 500  # samples
+    seed: int = 0  # first sample seed (the task maps it to its held-out range)
+    out: str | None = None  # output directory; default eval_results/<task>
+    batch_size: int = 16  # requests decoded together
+    max_tiles: int | None = None  # most tiles per image; default the model's max_dynamic_patch
+    blind: bool = True  # also run the blind baseline (blank images)
+    max_new_tokens: int = 8  # answers are short; greedy decoding
+    dtype: str = "auto"
+    device: str | None = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `internvl eval` options (one per EvalConfig field)."""
+    from .tasks import TASKS
+    parser.add_argument("task", choices=sorted(TASKS), help="evaluation task")
+    parser.add_argument("--model", default=DEFAULT_MODEL, required=DEFAULT_MODEL is None,
+                        help="checkpoint directory or Hub repo id")
+    parser.add_argument("--n", type=int, default=500, help="number of held-out samples")
+    parser.add_argument("--seed", type=int, default=0, help="first sample seed (within the task's held-out range)")
+    parser.add_argument("--out", default=None, help="output directory (default eval_results/TASK)")
+    parser.add_argument("--batch-size", type=int, default=16, help="requests decoded together")
+    parser.add_argument("--max-tiles", type=int, default=None, help="most tiles per image (default: the config's)")
+    parser.add_argument("--blind", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the blind baseline (every image replaced by a blank one)")
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU has it, else fp32), bf16, fp32")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def from_args(args: argparse.Namespace) -> EvalConfig:
+    return EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
+
+
+def _requests(model: InternVL, tokenizer: Tokenizer, task: Task, samples: Sequence[Sample], max_tiles: int | None,
+              blind: bool) -> Iterator[tuple[list[int], torch.Tensor | None]]:
+    """(prompt ids, tiles) per sample, built only when the engine has room for it."""
+    cfg = model.config
+    template = get_template(cfg.template)
+    max_num = (max_tiles or cfg.max_dynamic_patch) if cfg.dynamic_image_size else 1
+    for sample in samples:
+        images = sample.load_images()
+        if blind:
+            images = [Image.new("RGB", img.size, BLANK) for img in images]
+        tiles = [load_image(img, cfg.image_size, max_num=max_num, min_num=min(cfg.min_dynamic_patch, max_num),
+                            use_thumbnail=cfg.use_thumbnail) for img in images]
+        query = build_query(template, task.prompt(sample), None, [t.shape[0] for t in tiles], cfg.num_image_token,
+                            cfg.system_message)
+        yield tokenizer(query, return_tensors=None)["input_ids"], (torch.cat(tiles) if tiles else None)
+
+
+def _stop_ids(model: InternVL, tokenizer: Tokenizer) -> list[int]:
+    """The template's stop strings that are single tokens, plus the tokenizer's EOS."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for text in stop_strings(get_template(model.config.template)):
+        try:
+            ids.add(tokenizer.convert_tokens_to_ids(text))
+        except KeyError:
+            pass
+    return sorted(ids)
+
+
+def generate_answers(model: InternVL, tokenizer: Tokenizer, task: Task, samples: Sequence[Sample],
+                     batch_size: int = 16, max_tiles: int | None = None, max_new_tokens: int = 8,
+                     blind: bool = False) -> list[str]:
+    """Greedy answers to every sample, in order, through one engine."""
+    if model.img_context_token_id is None:
+        model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    engine = Engine(model, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                    eos_token_ids=_stop_ids(model, tokenizer), max_batch=batch_size)
+    params = SamplingParams(max_new_tokens=max_new_tokens)
+    requests = enumerate(_requests(model, tokenizer, task, samples, max_tiles, blind))
+    answers: list[str | None] = [None] * len(samples)
+    active = []  # (sample index, sequence)
+    exhausted, logged = False, 0
+    while True:
+        while not exhausted and len(engine.waiting) < batch_size:  # keep the free slots fed
+            item = next(requests, None)
+            if item is None:
+                exhausted = True
+            else:
+                i, (ids, pixel_values) = item
+                active.append((i, engine.submit(ids, pixel_values, params)))
+        if not engine.has_work():
+            break
+        engine.step()
+        for i, seq in [a for a in active if a[1].finished]:
+            answers[i] = seq.text.strip()
+        active = [a for a in active if not a[1].finished]
+        done = sum(a is not None for a in answers)
+        if done // 100 > logged // 100:
+            logger.info("%s%s: %d/%d answered", task.name, " (blind)" if blind else "", done, len(samples))
+        logged = done
+    return [a or "" for a in answers]
+
+
+def summarize(samples: Sequence[Sample], scores: Sequence[float]) -> dict:
+    """Overall and per-category accuracy."""
+    categories: dict[str, list[float]] = {}
+    for sample, score in zip(samples, scores):
+        categories.setdefault(sample.category, []).append(score)
+    return {"accuracy": mean(scores),
+            "per_category": {c: {"n": len(v), "accuracy": mean(v)} for c, v in sorted(categories.items())}}
+
+
+def evaluate(cfg: EvalConfig, model: InternVL | None = None, tokenizer: Tokenizer | None = None) -> dict:
+    """Run one evaluation and write its files; returns the summary (also written as summary.json).
+
+    Args:
+        cfg: What to run. `cfg.model` is loaded unless `model` and `tokenizer` are given.
+        model: An already loaded model (eval mode), e.g. in tests.
+        tokenizer: Its tokenizer.
+    """
+    task = get_task(cfg.task)
+    if model is None or tokenizer is None:
+        model, tokenizer = _load(cfg)
+    samples = list(task.examples(cfg.n, cfg.seed))
+    kw = dict(batch_size=cfg.batch_size, max_tiles=cfg.max_tiles, max_new_tokens=cfg.max_new_tokens)
+    start = time.perf_counter()
+    answers = generate_answers(model, tokenizer, task, samples, **kw)
+    seconds = time.perf_counter() - start
+    scores = [task.score(a, s) for a, s in zip(answers, samples)]
+    summary = {"task": task.name, "model": cfg.model, "n": len(samples), "seed": cfg.seed,
+               **summarize(samples, scores), "seconds": round(seconds, 2), "config": asdict(cfg)}
+    records = [{"id": s.id, "category": s.category, "question": s.question, "answer": s.answer,
+                "prediction": a, "score": sc} for s, a, sc in zip(samples, answers, scores)]
+    if cfg.blind:
+        blind_answers = generate_answers(model, tokenizer, task, samples, blind=True, **kw)
+        blind_scores = [task.score(a, s) for a, s in zip(blind_answers, samples)]
+        summary["blind"] = summarize(samples, blind_scores)
+        summary["gain_over_blind"] = summary["accuracy"] - summary["blind"]["accuracy"]
+        for r, a, sc in zip(records, blind_answers, blind_scores):
+            r.update(blind_prediction=a, blind_score=sc)
+    out = Path(cfg.out) if cfg.out else Path("eval_results") / task.name
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report.bar_chart(summary, out / "accuracy.png")
+    summary["out"] = str(out)
+    return summary
+
+
+def _load(cfg: EvalConfig) -> tuple[InternVL, Tokenizer]:
+    from ..chat import from_pretrained
+    from ..errors import ConfigError
+    from ..runtime import default_device, resolve_dtype
+    if cfg.model is None:
+        raise ConfigError("no model to evaluate: pass --model DIR_OR_REPO")
+    device = cfg.device or default_device()
+    return from_pretrained(cfg.model, dtype=resolve_dtype(cfg.dtype, device), device=device)

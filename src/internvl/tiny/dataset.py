@@ -1,0 +1,99 @@
+"""Export the synthetic world as an official InternVL fine-tuning dataset: PNG images, JSONL, meta JSON.
+
+Spec section 5 (the "Chat Data Format"). Each example of `world.py` becomes one JSONL line
+
+    {"id": "train-000000123-count_all", "image": "train-000000123.png",
+     "conversations": [{"from": "human", "value": "<image>\\nHow many objects are there?"},
+                       {"from": "gpt", "value": "3"}]}
+
+(`"image": ["...-1.png", "...-2.png"]` for the two-image comparison), and the meta JSON names the dataset:
+
+    {"shapes_train": {"root": ".../images", "annotation": ".../shapes_train.jsonl", "data_augment": false,
+                      "max_dynamic_patch": 6, "repeat_time": 1, "length": N}}
+
+Paths in the meta file are absolute, so it works from any working directory. The id carries the example
+seed and question type (the official format has no field for them). Question types are balanced: example
+seed s asks type `QUESTION_TYPES[s % 7]`, so N consecutive seeds hold N/7 of each (+-1). The training
+split uses seeds `seed .. seed+N-1`; `--split heldout` shifts them by 10**9 (see `world.split_seeds`).
+
+    python -m internvl.tiny.dataset --out DIR --n N --seed S [--split train|heldout]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from .world import Example, examples
+
+MAX_DYNAMIC_PATCH = 6  # the tiny preset's tiling limit, recorded per dataset as the official meta does
+
+
+def to_record(example: Example, split: str, image_names: list[str]) -> dict:
+    """The official JSONL record of one example whose images are saved under `image_names`."""
+    return {
+        "id": f"{split}-{example.seed:09d}-{example.qtype}",
+        "image": image_names[0] if len(image_names) == 1 else image_names,
+        "conversations": [{"from": "human", "value": example.prompt}, {"from": "gpt", "value": example.answer}],
+    }
+
+
+def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", name: str | None = None
+           ) -> Path:
+    """Write n examples of a split as images + JSONL + meta JSON under `out`; returns the meta file's path.
+
+    Args:
+        out: Output directory (created): `images/`, `<name>.jsonl`, `<name>_meta.json`.
+        n: Number of examples.
+        seed: First example seed of the split.
+        split: "train" or "heldout" (disjoint seeds).
+        name: Dataset name in the meta file; default `shapes_<split>`.
+    """
+    name = name or f"shapes_{split}"
+    out = Path(out).resolve()
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    annotation = out / f"{name}.jsonl"
+    with open(annotation, "w", encoding="utf-8") as f:
+        for example in examples(split, n, seed):
+            stem = f"{split}-{example.seed:09d}"
+            rendered = example.images()
+            names = [f"{stem}.png"] if len(rendered) == 1 else [f"{stem}-{i + 1}.png" for i in range(len(rendered))]
+            for img, file_name in zip(rendered, names):
+                img.save(images / file_name, compress_level=1)  # fast; these files are regenerated at will
+            f.write(json.dumps(to_record(example, split, names)) + "\n")
+    meta = {name: {"root": str(images), "annotation": str(annotation), "data_augment": False,
+                   "max_dynamic_patch": MAX_DYNAMIC_PATCH, "repeat_time": 1, "length": n}}
+    meta_path = out / f"{name}_meta.json"
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return meta_path
+
+
+def type_counts(annotation: str | os.PathLike) -> Counter:
+    """Question types in an exported JSONL file (read back from the ids)."""
+    with open(annotation, encoding="utf-8") as f:
+        return Counter(json.loads(line)["id"].split("-", 2)[2] for line in f if line.strip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Export the tiny InternVL's synthetic shapes world as an "
+                                                 "official meta JSON + JSONL + PNG dataset.")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--n", type=int, required=True, help="number of examples")
+    parser.add_argument("--seed", type=int, default=0, help="first example seed")
+    parser.add_argument("--split", choices=["train", "heldout"], default="train",
+                        help="train: seeds seed..seed+n-1; heldout: the same shifted by 10**9")
+    parser.add_argument("--name", default=None, help="dataset name in the meta file (default shapes_<split>)")
+    args = parser.parse_args(argv)
+    meta_path = export(args.out, args.n, args.seed, args.split, args.name)
+    entry = next(iter(json.loads(meta_path.read_text()).values()))
+    counts = type_counts(entry["annotation"])
+    print(f"wrote {args.n} examples to {args.out}; meta {meta_path}")
+    print("question types: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Dataset export: official meta JSON + JSONL + PNGs, balanced question types, disjoint train/held-out."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from internvl.tiny import dataset
+from internvl.tiny.world import QUESTION_TYPES, make_example
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def test_export_writes_the_official_format(tmp_path):
+    meta_path = dataset.export(tmp_path / "train", n=21, seed=100)
+    meta = json.loads(meta_path.read_text())
+    assert list(meta) == ["shapes_train"]
+    entry = meta["shapes_train"]
+    assert entry == {"root": entry["root"], "annotation": entry["annotation"], "data_augment": False,
+                     "max_dynamic_patch": 6, "repeat_time": 1, "length": 21}
+    records = read_jsonl(entry["annotation"])
+    assert len(records) == 21
+    for seed, record in zip(range(100, 121), records):
+        example = make_example(seed)
+        assert set(record) == {"id", "image", "conversations"}
+        assert record["conversations"] == [{"from": "human", "value": example.prompt},
+                                           {"from": "gpt", "value": example.answer}]
+        names = record["image"] if isinstance(record["image"], list) else [record["image"]]
+        assert len(names) == len(example.scenes) == record["conversations"][0]["value"].count("<image>")
+        assert isinstance(record["image"], list) == (example.qtype == "compare")
+        for name, scene in zip(names, example.scenes):
+            with Image.open(f"{entry['root']}/{name}") as img:
+                assert img.size == (scene.width, scene.height)
+                assert img.convert("RGB").tobytes() == scene.render().tobytes()  # PNG is lossless
+    assert dataset.type_counts(entry["annotation"]) == {t: 3 for t in QUESTION_TYPES}
+
+
+def test_heldout_split_is_disjoint_and_cli_works(tmp_path, capsys):
+    dataset.main(["--out", str(tmp_path / "h"), "--n", "7", "--seed", "0", "--split", "heldout"])
+    assert "count_all 1" in capsys.readouterr().out
+    dataset.export(tmp_path / "t", n=7, seed=0)
+    train = read_jsonl(tmp_path / "t" / "shapes_train.jsonl")
+    held = read_jsonl(tmp_path / "h" / "shapes_heldout.jsonl")
+    assert {r["id"].split("-")[1] for r in train}.isdisjoint({r["id"].split("-")[1] for r in held})
+    assert [r["conversations"] for r in train] != [r["conversations"] for r in held]
+    assert json.loads((tmp_path / "h" / "shapes_heldout_meta.json").read_text())["shapes_heldout"]["length"] == 7
