@@ -100,11 +100,50 @@ def cmd_demo(args: argparse.Namespace) -> None:
         run_demo(Path(tmp), print)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train.args import TrainConfig, from_namespace
+    from .train.trainer import train
+    result = train(from_namespace(args, TrainConfig))
+    if result.get("checkpoint") is not None:
+        losses = result["losses"]
+        last = f", last loss {losses[-1]:.4f}" if losses else ""
+        print(f"trained steps {result['start_step']}..{result['end_step']} of {result['max_steps']}{last}; "
+              f"checkpoint {result['checkpoint']}")
+
+
+def cmd_merge_lora(args: argparse.Namespace) -> None:
+    from .train.lora import merge_adapter
+    out = merge_adapter(args.adapter, args.output, model=args.model, tokenizer=args.tokenizer)
+    print(f"wrote merged checkpoint to {out}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve.config import from_args
+    from .serve.server import banner, build_app, run
+    config = from_args(args)
+    app, name = build_app(config)
+    print(banner(config, name), flush=True)
+    run(app, config)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .eval.report import format_table
+    from .eval.runner import evaluate, from_args
+    summary = evaluate(from_args(args))
+    print(f"{summary['task']}: {summary['n']} held-out samples, model {summary['model']}, {summary['seconds']:.1f}s")
+    print(format_table(summary))
+    print(f"wrote predictions.jsonl, summary.json and accuracy.png to {summary['out']}")
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "chat": (cmd_chat, "answer a question about images with a model"),
     "convert": (cmd_convert, "convert a checkpoint between the official and -hf layouts"),
     "info": (cmd_info, "print a model's configuration, parameter count and memory"),
+    "eval": (cmd_eval, "evaluate a model on a task: accuracy per question type and a blind baseline"),
     "demo": (cmd_demo, "run a short chat on a tiny model to show the pipeline end to end"),
+    "serve": (cmd_serve, "serve a model over an OpenAI-compatible HTTP API, with a web chat page"),
+    "train": (cmd_train, "supervised fine-tuning on official-format data (torchrun for several processes)"),
+    "merge-lora": (cmd_merge_lora, "merge a LoRA adapter from training into plain weights"),
 }
 
 
@@ -118,8 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("src", help="checkpoint directory or Hub repo id")
             p.add_argument("dst", help="output directory")
             p.add_argument("--to", choices=["official", "hf"], required=True, help="layout to write")
+        elif name == "eval":
+            from .eval.runner import add_arguments as add_eval_arguments
+            add_eval_arguments(p)
         elif name == "info":
             p.add_argument("model", help="checkpoint directory, Hub repo id, or preset name")
+        elif name == "serve":
+            from .serve.config import add_arguments
+            add_arguments(p)
         elif name == "chat":
             p.add_argument("prompt", nargs="?", help="the question; without it, an interactive chat on stdin")
             p.add_argument("--model", required=True, help="checkpoint directory or Hub repo id")
@@ -134,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
             p.add_argument("--quantize", choices=["none", "int8"], default="none",
                            help="weight-only int8 for the LLM's linear layers")
+        elif name in ("train", "merge-lora"):
+            from .train.args import MergeConfig, TrainConfig, add_arguments
+            add_arguments(p, TrainConfig if name == "train" else MergeConfig)
     return parser
 
 

@@ -1,0 +1,64 @@
+"""`internvl serve`: load the model, build the app, run uvicorn. The CLI prints `banner()`; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import InternVLError
+from .config import ServeConfig
+
+
+def require_dependencies() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise InternVLError(f"internvl serve needs FastAPI and uvicorn ({e.name} is missing): "
+                            "pip install 'internvl[serve]'") from None
+
+
+def served_name(config: ServeConfig) -> str:
+    """The model id clients use: --served-model-name, else the last part of the model path or repo id."""
+    return config.served_model_name or os.path.basename(os.path.normpath(str(config.model))) or str(config.model)
+
+
+def build_app(config: ServeConfig):
+    """Load the model named by `config` and return (FastAPI app, served model name)."""
+    require_dependencies()
+    if not config.model:
+        raise InternVLError("no model given: internvl serve --model DIR_OR_REPO")
+    import torch
+
+    from ..chat import from_pretrained
+    from ..runtime import resolve_dtype
+    from .app import create_app
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = from_pretrained(config.model, dtype=resolve_dtype(config.dtype, device), device=device)
+    if config.quantize == "int8":
+        from ..quantize import quantize_int8
+        quantize_int8(model)
+    name = served_name(config)
+    return create_app(model, tokenizer, config, name), name
+
+
+def banner(config: ServeConfig, name: str) -> str:
+    """What `internvl serve` prints at start: the URLs and a curl command to try."""
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+    url = f"http://{host}:{config.port}"
+    auth = f" \\\n  -H 'Authorization: Bearer {config.api_key}'" if config.api_key else ""
+    image = "data:image/jpeg;base64,'\"$(base64 -w0 photo.jpg)\"'"
+    body = ('{"model": "%s", "max_tokens": 64, "messages": [{"role": "user", "content": [\n'
+            '    {"type": "image_url", "image_url": {"url": "%s"}},\n'
+            '    {"type": "text", "text": "Describe the image."}]}]}' % (name, image))
+    return (f"serving {name} at {url}\n"
+            f"  chat page     {url}/\n"
+            f"  OpenAI API    {url}/v1  (chat/completions, models)\n"
+            f"  health        {url}/health   metrics {url}/metrics\n"
+            f"try it:\n"
+            f"curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'")
+
+
+def run(app, config: ServeConfig) -> None:
+    import uvicorn
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=5)
