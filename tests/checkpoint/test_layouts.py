@@ -128,3 +128,13 @@ def test_hub_repo_id_offline_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match="OpenGVLab/InternVL3-1B: not a local directory and could not be fetched"):
         load_model("OpenGVLab/InternVL3-1B")
+
+
+def test_run_directory_whose_latest_names_a_missing_checkpoint(tmp_path):
+    from internvl.checkpoint.loader import resolve_path
+    (tmp_path / "latest").write_text("checkpoint-7\n")
+    with pytest.raises(CheckpointError, match="checkpoint-7, which is missing"):
+        resolve_path(tmp_path)
+    (tmp_path / "checkpoint-7").mkdir()
+    assert resolve_path(tmp_path) == tmp_path / "checkpoint-7"
+    assert resolve_path(tmp_path / "latest") == tmp_path / "checkpoint-7"

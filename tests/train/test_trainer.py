@@ -57,7 +57,12 @@ def test_thirty_steps_lower_the_loss_and_the_checkpoint_chats(tmp_path, meta):
     # the checkpoint is an ordinary official-layout checkpoint: chat loads it as it is
     model, tok = from_pretrained(out / "checkpoint-30")
     assert json.loads((out / "checkpoint-30" / "config.json").read_text())["architectures"] == ["InternVLChatModel"]
-    assert isinstance(model.chat(tok, None, "What is 2 plus 3?", {"max_new_tokens": 4}), str)
+    answer = model.chat(tok, None, "What is 2 plus 3?", {"max_new_tokens": 4})
+    assert isinstance(answer, str)
+    # the run directory, or its `latest` file, means the newest checkpoint
+    for alias in (out, out / "latest"):
+        again, _ = from_pretrained(alias)
+        assert again.chat(tok, None, "What is 2 plus 3?", {"max_new_tokens": 4}) == answer
 
 
 STAGES = {

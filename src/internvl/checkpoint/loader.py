@@ -30,14 +30,25 @@ OFFICIAL, HF = "official", "hf"
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
               "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json", "chat_template.jinja",
               "chat_template.json", "preprocessor_config.json", "processor_config.json")
+# `internvl train` writes this file beside its checkpoint-STEP dirs, naming the newest complete one.
+LATEST_POINTER = "latest"
 # Default template for -hf checkpoints, whose config does not name one.
 _HF_TEMPLATES = {"InternLM2ForCausalLM": "internlm2-chat", "Phi3ForCausalLM": "phi3-chat"}
 
 
 def resolve_path(path_or_repo: str | os.PathLike) -> Path:
-    """A local checkpoint directory, or a Hugging Face Hub repo id downloaded into the local cache."""
+    """A local checkpoint directory, or a Hugging Face Hub repo id downloaded into the local cache. A training
+    run's output directory (or its `latest` file) means the checkpoint that `latest` names."""
     p = Path(path_or_repo).expanduser()
+    if p.name == LATEST_POINTER and p.is_file():
+        p = p.parent  # `runs/x/latest`: the training run's newest checkpoint
     if p.is_dir():
+        pointer = p / LATEST_POINTER
+        if not (p / "config.json").exists() and pointer.is_file():
+            named = p / pointer.read_text().strip()
+            if not named.is_dir():
+                raise CheckpointError(f"{pointer} names {named.name}, which is missing")
+            return named
         return p
     if p.exists():
         raise CheckpointError(f"{p} is a file; give the checkpoint directory")

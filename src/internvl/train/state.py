@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint.loader import OFFICIAL, SIDE_FILES, build_model, load_model, save_checkpoint
+from ..checkpoint.loader import LATEST_POINTER, OFFICIAL, SIDE_FILES, build_model, load_model, save_checkpoint
 from ..errors import CheckpointError, ConfigError
 from ..models.internvl import InternVL
 from ..processing.prompt import IMG_CONTEXT_TOKEN
@@ -35,7 +35,7 @@ from ..processing.tokenizer import Tokenizer, byte_tokenizer
 
 log = logging.getLogger(__name__)
 
-PREFIX, LATEST, TRAINER_STATE, ADAPTER = "checkpoint-", "latest", "trainer_state", "adapter"
+PREFIX, LATEST, TRAINER_STATE, ADAPTER = "checkpoint-", LATEST_POINTER, "trainer_state", "adapter"
 _STEP_DIR = re.compile(rf"^{PREFIX}(\d+)$")
 
 
