@@ -154,11 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         m["ref_images_per_s"] = 1 / m["ref"]["median_s"]
     r["target"] = TARGET
     r["target_met"] = r["from_file"]["speedup"] >= TARGET
-    r["contention_end"] = C.cpu_contention()
-    path = C.write_results("preprocess", r)
-    print(report(r))
-    print(f"wrote {path}")
-    return r
+    return C.finish("preprocess", r, report)
 
 
 def report(r: dict) -> str:

@@ -170,11 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     r["max_loss_diff_packed_vs_unpacked"] = max(abs(x - y) for x, y in zip(a, b))
     r["target"] = TARGET
     r["target_met"] = r["speedup"] >= TARGET
-    r["contention_end"] = C.cpu_contention()
-    path = C.write_results("sft", r)
-    print(report(r))
-    print(f"wrote {path}")
-    return r
+    return C.finish("sft", r, report)
 
 
 def report(r: dict) -> str:

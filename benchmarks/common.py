@@ -428,3 +428,12 @@ def write_results(name: str, data: dict) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+
+
+def finish(name: str, r: dict, report) -> dict:
+    """Close a benchmark: record the contention at the end, write results/NAME.json, print the report."""
+    r["contention_end"] = cpu_contention()
+    path = write_results(name, r)
+    print(report(r))
+    print(f"wrote {path}")
+    return r
