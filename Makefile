@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench lint clean
+.PHONY: demo test setup bench tiny lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 # side-by-side benchmarks against transformers (minutes; writes benchmarks/results/*.json)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+# train the shipped tiny InternVL from scratch (about half an hour on 2 CPU cores) into src/internvl/tiny/model
+tiny: $(STAMP)
+	$(BIN)/python -m internvl.tiny.recipe --work scratch/tiny-recipe
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

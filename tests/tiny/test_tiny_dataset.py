@@ -47,3 +47,26 @@ def test_heldout_split_is_disjoint_and_cli_works(tmp_path, capsys):
     assert {r["id"].split("-")[1] for r in train}.isdisjoint({r["id"].split("-")[1] for r in held})
     assert [r["conversations"] for r in train] != [r["conversations"] for r in held]
     assert json.loads((tmp_path / "h" / "shapes_heldout_meta.json").read_text())["shapes_heldout"]["length"] == 7
+
+
+def test_describe_set_names_every_object_left_to_right(tmp_path):
+    meta = json.loads(dataset.export(tmp_path, n=14, seed=7, describe=True).read_text())
+    assert list(meta) == ["shapes_train", "shapes_train_describe"]
+    assert meta["shapes_train_describe"]["root"] == meta["shapes_train"]["root"]
+    described = read_jsonl(meta["shapes_train_describe"]["annotation"])
+    assert len(described) == 14
+    for seed, record in zip(range(7, 21), described):
+        scene = make_example(seed).scenes[0]
+        human, gpt = record["conversations"]
+        assert human["value"] == "<image>\nDescribe the image." and isinstance(record["image"], str)
+        count, _, objects = gpt["value"].partition(": ")
+        named = objects.split(", ")
+        assert count == f"{len(scene.shapes)} object{'s' if len(scene.shapes) > 1 else ''}" == \
+            f"{len(named)} object{'s' if len(named) > 1 else ''}"
+        assert sorted(named) == sorted(f"{s.color} {s.kind}" for s in scene.shapes)
+        centers = sorted(((2 * s.x0 + s.size) / 2, f"{s.color} {s.kind}") for s in scene.shapes)
+        by_name = {}
+        for x, name in centers:
+            by_name.setdefault(name, []).append(x)
+        xs = [by_name[name].pop(0) for name in named]  # the x centers in the order the text names them
+        assert xs == sorted(xs)  # left to right

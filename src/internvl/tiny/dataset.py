@@ -25,9 +25,11 @@ import argparse
 import json
 import os
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
-from .world import Example, examples
+from ..processing.prompt import IMAGE_PLACEHOLDER
+from .world import DESCRIBE_QUESTION, Example, describe, examples
 
 MAX_DYNAMIC_PATCH = 6  # the tiny preset's tiling limit, recorded per dataset as the official meta does
 
@@ -41,8 +43,8 @@ def to_record(example: Example, split: str, image_names: list[str]) -> dict:
     }
 
 
-def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", name: str | None = None
-           ) -> Path:
+def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", name: str | None = None,
+           describe: bool = False) -> Path:
     """Write n examples of a split as images + JSONL + meta JSON under `out`; returns the meta file's path.
 
     Args:
@@ -51,13 +53,16 @@ def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", 
         seed: First example seed of the split.
         split: "train" or "heldout" (disjoint seeds).
         name: Dataset name in the meta file; default `shapes_<split>`.
+        describe: Also write `<name>_describe`: the same images, each first image asked
+            `world.DESCRIBE_QUESTION` (a second dataset in the meta file).
     """
     name = name or f"shapes_{split}"
     out = Path(out).resolve()
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
-    annotation = out / f"{name}.jsonl"
-    with open(annotation, "w", encoding="utf-8") as f:
+    annotation, described = out / f"{name}.jsonl", out / f"{name}_describe.jsonl"
+    with open(annotation, "w", encoding="utf-8") as f, ExitStack() as stack:
+        g = stack.enter_context(open(described, "w", encoding="utf-8")) if describe else None
         for example in examples(split, n, seed):
             stem = f"{split}-{example.seed:09d}"
             rendered = example.images()
@@ -65,11 +70,26 @@ def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", 
             for img, file_name in zip(rendered, names):
                 img.save(images / file_name, compress_level=1)  # fast; these files are regenerated at will
             f.write(json.dumps(to_record(example, split, names)) + "\n")
-    meta = {name: {"root": str(images), "annotation": str(annotation), "data_augment": False,
-                   "max_dynamic_patch": MAX_DYNAMIC_PATCH, "repeat_time": 1, "length": n}}
+            if g is not None:
+                g.write(json.dumps(describe_record(example, split, names[0])) + "\n")
+
+    def entry(path: Path) -> dict:
+        return {"root": str(images), "annotation": str(path), "data_augment": False,
+                "max_dynamic_patch": MAX_DYNAMIC_PATCH, "repeat_time": 1, "length": n}
+
+    meta = {name: entry(annotation)}
+    if describe:
+        meta[f"{name}_describe"] = entry(described)
     meta_path = out / f"{name}_meta.json"
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return meta_path
+
+
+def describe_record(example: Example, split: str, image_name: str) -> dict:
+    """The description record of an example's first image (see `world.describe`)."""
+    return {"id": f"{split}-{example.seed:09d}-describe", "image": image_name,
+            "conversations": [{"from": "human", "value": IMAGE_PLACEHOLDER + "\n" + DESCRIBE_QUESTION},
+                              {"from": "gpt", "value": describe(example.scenes[0])}]}
 
 
 def type_counts(annotation: str | os.PathLike) -> Counter:
@@ -87,8 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=["train", "heldout"], default="train",
                         help="train: seeds seed..seed+n-1; heldout: the same shifted by 10**9")
     parser.add_argument("--name", default=None, help="dataset name in the meta file (default shapes_<split>)")
+    parser.add_argument("--describe", action="store_true",
+                        help="also write a description of each image as a second dataset (training only)")
     args = parser.parse_args(argv)
-    meta_path = export(args.out, args.n, args.seed, args.split, args.name)
+    meta_path = export(args.out, args.n, args.seed, args.split, args.name, args.describe)
     entry = next(iter(json.loads(meta_path.read_text()).values()))
     counts = type_counts(entry["annotation"])
     print(f"wrote {args.n} examples to {args.out}; meta {meta_path}")

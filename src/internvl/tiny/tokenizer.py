@@ -41,7 +41,7 @@ def corpus(template: str = TEMPLATE) -> list[str]:
         if "<image>" not in question:
             question = "<image>\n" + question
         texts.append(expand_images(render(tpl, [(0, question), (1, None)]), [1] * n_images, 1))
-    texts += [answer + tpl.sep for answer in world.answer_texts()]
+    texts += [answer + tpl.sep for answer in world.answer_texts() + world.description_texts()]
     texts.append(string.printable)
     return [piece for text in texts for piece in _SPECIAL_SPLIT.split(text) if piece]
 

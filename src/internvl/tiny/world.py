@@ -232,6 +232,20 @@ def examples(split: str, n: int, seed: int = 0) -> list[Example]:
     return [make_example(s) for s in split_seeds(split, n, seed)]
 
 
+# ------------------------------------------------------------------------------------ descriptions
+# A training-only task (the counterpart of the captioning data in InternVL's first stage): every object named,
+# left to right. Each word of the answer needs the pixels, so it gives the vision tower far more signal per
+# image than a one-word answer; the seven question types above are what evaluation asks.
+DESCRIBE_QUESTION = "Describe the image."
+
+
+def describe(scene: Scene) -> str:
+    """'3 objects: red circle, blue square, green triangle' (objects ordered by the x of their centers)."""
+    shapes = sorted(scene.shapes, key=lambda s: (2 * s.x0 + s.size, 2 * s.y0 + s.size))
+    noun = "object" if len(shapes) == 1 else "objects"
+    return f"{len(shapes)} {noun}: " + ", ".join(f"{s.color} {s.kind}" for s in shapes)
+
+
 def question_texts() -> list[str]:
     """Every question the world can ask, in full wording (for the tokenizer's training corpus)."""
     texts = ["How many objects are there?"]
@@ -241,9 +255,17 @@ def question_texts() -> list[str]:
     texts += [f"What shape is the {c} object?" for c in COLORS]
     texts += [f"Is there a {c} {k}?" for c in COLORS for k in SHAPES]
     texts += [multi_image_prompt(2) + f"Which image has more {k}s? Answer 1 or 2." for k in SHAPES]
-    return texts
+    return texts + [DESCRIBE_QUESTION]
 
 
 def answer_texts() -> list[str]:
     """Every answer the world can give."""
     return [str(i) for i in range(MAX_OBJECTS + 1)] + list(COLORS) + list(SHAPES) + ["yes", "no"]
+
+
+def description_texts() -> list[str]:
+    """A description of every object count, naming every color and shape (for the tokenizer's corpus)."""
+    pairs = [(c, k) for c in COLORS for k in SHAPES]
+    return [describe(Scene(MIN_SIDE, MIN_SIDE, (255, 255, 255), tuple(
+        Shape(k, c, PALETTE[c], 10 * i, 0, 5) for i, (c, k) in enumerate(pairs[n:n + count]))))
+        for n, count in enumerate(range(1, MAX_OBJECTS + 1))]

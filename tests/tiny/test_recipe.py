@@ -1,0 +1,58 @@
+"""`make tiny`'s plan (CLI commands only, done steps skipped, interrupted stages resumed) and the ship step
+(bf16 official-layout copy + a model card written from the measured numbers)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors import safe_open
+
+from internvl.checkpoint.loader import save_checkpoint
+from internvl.models.internvl import InternVL
+from internvl.presets import PRESETS
+from internvl.tiny import recipe
+from internvl.tiny.ship import ship
+from internvl.tiny.tokenizer import save_tokenizer
+from internvl.tiny.world import QUESTION_TYPES
+
+
+def test_plan_trains_only_through_the_cli_and_resumes(tmp_path):
+    steps = recipe.plan(tmp_path)
+    assert [name for name, _, _ in steps] == ["tokenizer", "data", "stage1", "stage2", "eval"]
+    assert not any(done for _, _, done in steps)
+    commands = {name: cmd for name, cmd, _ in steps}
+    for stage in ("stage1", "stage2"):
+        assert commands[stage][1:4] == ["-m", "internvl", "train"] and "--resume" not in commands[stage]
+    assert commands["stage1"][commands["stage1"].index("--model") + 1] == "tiny"
+    assert commands["stage2"][commands["stage2"].index("--model") + 1].endswith("stage1/checkpoint-150")
+    assert "--describe" in commands["data"]
+
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "tokenizer.json").write_text("{}")
+    (tmp_path / "stage1" / "checkpoint-100").mkdir(parents=True)  # stage 1 was interrupted after a save
+    steps = {name: (cmd, done) for name, cmd, done in recipe.plan(tmp_path)}
+    assert steps["tokenizer"][1] and not steps["stage1"][1]
+    assert "--resume" in steps["stage1"][0] and "--resume" not in steps["stage2"][0]
+
+
+def test_ship_writes_bf16_official_weights_and_a_model_card(tmp_path):
+    torch.manual_seed(0)
+    model = InternVL(PRESETS["tiny"].config)
+    model.init_weights()
+    checkpoint = save_checkpoint(model, tmp_path / "trained", "official")
+    save_tokenizer(checkpoint)
+    per_type = {t: {"n": 10, "accuracy": 0.9} for t in QUESTION_TYPES}
+    summary = {"n": 70, "accuracy": 0.9, "per_category": per_type,
+               "blind": {"accuracy": 0.3, "per_category": {t: {"n": 10, "accuracy": 0.3} for t in QUESTION_TYPES}}}
+    record = {"stage1": {"command": "python -m internvl train --stage 1", "seconds": 60.0},
+              "stage2": {"command": "python -m internvl train --stage 2", "seconds": 1200.0}}
+    out = ship(checkpoint, tmp_path / "shipped", record, summary)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["InternVLChatModel"]
+    assert (out / "tokenizer.json").exists()
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    card = (out / "README.md").read_text()
+    assert "| **overall** | 70 | **90.0%** | 30.0% |" in card
+    assert all(f"| {t} | 10 | 90.0% | 30.0% |" in card for t in QUESTION_TYPES)
+    assert "python -m internvl train --stage 2    # 1200 s" in card and "21.0 minutes" in card
