@@ -121,10 +121,3 @@ def test_cli_eval_prints_the_table_and_writes_files(checkpoint, tmp_path, capsys
     assert main(["eval", "shapes", "--model", str(checkpoint), "--n", "2", "--out", str(out), "--no-blind",
                  "--max-tiles", "1", "--max-new-tokens", "1"]) == 0
     assert "blind" not in json.loads((out / "summary.json").read_text())
-
-
-def test_cli_eval_needs_a_model_until_one_ships(capsys):
-    assert runner.DEFAULT_MODEL is None
-    with pytest.raises(SystemExit):
-        main(["eval", "shapes"])
-    assert "--model" in capsys.readouterr().err

@@ -27,16 +27,15 @@ from ..models.internvl import InternVL
 from ..processing.image import load_image
 from ..processing.prompt import IMG_CONTEXT_TOKEN, build_query
 from ..processing.templates import get_template, stop_strings
+from ..processing.tiling import per_image_tile_budget
 from ..processing.tokenizer import Tokenizer
+from ..tiny import DEFAULT_MODEL  # the shipped tiny model
 from . import report
 from .metrics import mean
 from .tasks import Sample, Task, get_task
 
 logger = logging.getLogger(__name__)
 
-# The model `internvl eval` uses when --model is not given. None until the trained tiny model ships;
-# until then --model is required.
-DEFAULT_MODEL: str | None = None
 BLANK = (255, 255, 255)  # the blind baseline's image color
 
 
@@ -59,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `internvl eval` options (one per EvalConfig field)."""
     from .tasks import TASKS
     parser.add_argument("task", choices=sorted(TASKS), help="evaluation task")
-    parser.add_argument("--model", default=DEFAULT_MODEL, required=DEFAULT_MODEL is None,
-                        help="checkpoint directory or Hub repo id")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="checkpoint directory or Hub repo id (default: the shipped tiny model)")
     parser.add_argument("--n", type=int, default=500, help="number of held-out samples")
     parser.add_argument("--seed", type=int, default=0, help="first sample seed (within the task's held-out range)")
     parser.add_argument("--out", default=None, help="output directory (default eval_results/TASK)")
@@ -87,7 +86,8 @@ def _requests(model: InternVL, tokenizer: Tokenizer, task: Task, samples: Sequen
         images = sample.load_images()
         if blind:
             images = [Image.new("RGB", img.size, BLANK) for img in images]
-        tiles = [load_image(img, cfg.image_size, max_num=max_num, min_num=min(cfg.min_dynamic_patch, max_num),
+        per_image = per_image_tile_budget(max_num, len(images))  # images share the budget, as in training
+        tiles = [load_image(img, cfg.image_size, max_num=per_image, min_num=min(cfg.min_dynamic_patch, per_image),
                             use_thumbnail=cfg.use_thumbnail) for img in images]
         query = build_query(template, task.prompt(sample), None, [t.shape[0] for t in tiles], cfg.num_image_token,
                             cfg.system_message)

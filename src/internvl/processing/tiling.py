@@ -17,6 +17,12 @@ from PIL import Image
 from ..errors import ConfigError
 
 
+def per_image_tile_budget(max_num: int, num_images: int) -> int:
+    """Most tiles per image when `num_images` images share one sample: `max(1, max_num // num_images)`, the
+    official fine-tuning rule for multi-image samples (inference code elsewhere gives each image `max_num`)."""
+    return max(1, max_num // max(1, num_images))
+
+
 @lru_cache(maxsize=64)
 def candidate_grids(min_num: int, max_num: int) -> tuple[tuple[int, int], ...]:
     """All (cols, rows) grids with `min_num <= cols * rows <= max_num`, smallest area first.

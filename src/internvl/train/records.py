@@ -35,7 +35,7 @@ from ..errors import ConfigError, DataError, ImageLoadError
 from ..processing.image import open_image, to_pixel_values
 from ..processing.prompt import IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, expand_images
 from ..processing.templates import get_template, render_spans
-from ..processing.tiling import dynamic_preprocess
+from ..processing.tiling import dynamic_preprocess, per_image_tile_budget
 from ..processing.video import read_frames, video_prompt
 
 IGNORE_INDEX = -100
@@ -198,7 +198,7 @@ def _pixels(images: list[str], video: str | None, root: str, cfg: DataConfig, rn
         pictures, max_num = read_frames(os.path.join(root, video), num_segments=cfg.num_video_frames), 1
     elif images:
         pictures = [open_image(os.path.join(root, p)) for p in images]
-        max_num = max(1, cfg.max_dynamic_patch // len(images))
+        max_num = per_image_tile_budget(cfg.max_dynamic_patch, len(images))
     else:
         return None, []
     tiles, counts = [], []
