@@ -36,6 +36,9 @@ def model_card(cfg, params: int, size_bytes: int, record: dict, summary: dict) -
     train_s = sum(record.get(k, {}).get("seconds", 0.0) for k in TRAIN_STEPS)
     rows = [f"| {c} | {r['n']} | {_pct(r['accuracy'])} | {_pct(summary['blind']['per_category'][c]['accuracy'])} |"
             for c, r in summary["per_category"].items()]
+    ranked = sorted(summary["per_category"].items(), key=lambda kv: kv[1]["accuracy"])
+    weakest = ", ".join(f"{c} ({_pct(r['accuracy'])}, blind {_pct(summary['blind']['per_category'][c]['accuracy'])})"
+                        for c, r in ranked[:3])
     steps = "\n".join(f"    {record[k]['command']}    # {record[k]['seconds']:.0f} s" for k in
                       (*TRAIN_STEPS, "eval") if k in record)
     return f"""# internvl tiny
@@ -81,5 +84,5 @@ every image replaced by a blank one of the same size:
 ## Limits
 
 Only the shapes world: photographs, text, and questions worded differently from the training questions
-get meaningless answers. Counting is its weakest skill.
+get meaningless answers. Its weakest question types: {weakest}.
 """
