@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from PIL import Image
@@ -67,10 +69,13 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
-def test_demo_runs(capsys):
+def test_demo_answers_the_example_questions(capsys):
+    from internvl.tiny.examples import load_examples
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert "tiles" in out and "A:" in out
+    examples = load_examples()
+    assert all(q.question in out for q in examples)
+    assert re.search(rf"^\d+/{len(examples)} right", out, re.M)
 
 
 def test_repl_multi_turn_images_reset_and_bad_file(tiny, tmp_path, capsys, monkeypatch):

@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 from .errors import InternVLError
+from .tiny import DEFAULT_MODEL
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -96,8 +95,7 @@ def _print_stream(chunks) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
-    with tempfile.TemporaryDirectory() as tmp:
-        run_demo(Path(tmp), print)
+    run_demo(print)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -140,7 +138,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "convert": (cmd_convert, "convert a checkpoint between the official and -hf layouts"),
     "info": (cmd_info, "print a model's configuration, parameter count and memory"),
     "eval": (cmd_eval, "evaluate a model on a task: accuracy per question type and a blind baseline"),
-    "demo": (cmd_demo, "run a short chat on a tiny model to show the pipeline end to end"),
+    "demo": (cmd_demo, "the shipped tiny model answers questions about its example images"),
     "serve": (cmd_serve, "serve a model over an OpenAI-compatible HTTP API, with a web chat page"),
     "train": (cmd_train, "supervised fine-tuning on official-format data (torchrun for several processes)"),
     "merge-lora": (cmd_merge_lora, "merge a LoRA adapter from training into plain weights"),
@@ -167,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
             add_arguments(p)
         elif name == "chat":
             p.add_argument("prompt", nargs="?", help="the question; without it, an interactive chat on stdin")
-            p.add_argument("--model", required=True, help="checkpoint directory or Hub repo id")
+            p.add_argument("--model", default=DEFAULT_MODEL,
+                           help="checkpoint directory or Hub repo id (default: the shipped tiny model)")
             p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
             p.add_argument("--video", help="video file (frames become Frame-1: <image> ...)")
             p.add_argument("--num-frames", type=int, default=8, help="frames sampled from --video")

@@ -1,9 +1,8 @@
-"""`make demo` until the trained tiny model ships: the full pipeline on a tiny random-weight InternVL.
+"""`make demo`: the shipped tiny InternVL answers questions about its example images.
 
-Builds the `tiny-random` preset with random weights and a byte-level tokenizer, saves it in the official
-checkpoint layout, loads it back through `from_pretrained`, tiles a generated image and runs `chat()`.
-The answer is noise (the weights are random); what the demo shows is that every stage runs and how long
-each takes.
+Loads the checkpoint in `internvl/tiny/model/` through `from_pretrained` (as `internvl chat` does), tiles each
+example image of `internvl/tiny/examples/`, asks every question of `examples.json` in one batch through the
+engine, and prints each answer beside the expected one, with timings.
 """
 
 from __future__ import annotations
@@ -13,45 +12,49 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
-from .checkpoint.loader import save_checkpoint
-from .models.internvl import InternVL
-from .presets import PRESETS
-from .processing.tokenizer import byte_tokenizer
+from .errors import CheckpointError
+from .tiny import EXAMPLES_DIR, MODEL_DIR
 
 
-def example_image(width: int = 448, height: int = 224) -> Image.Image:
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    draw.ellipse((20, 20, 120, 120), fill="red")
-    draw.rectangle((180, 40, 260, 120), fill="blue")
-    draw.polygon([(330, 180), (380, 80), (430, 180)], fill="green")
-    return img
-
-
-def run_demo(workdir: Path, say: Callable[[str], None]) -> str:
-    from .chat import from_pretrained
+def answer_examples(model, tokenizer, examples, directory: Path = EXAMPLES_DIR) -> list[str]:
+    """Greedy answers to the example questions, batched through `batch_chat` (one engine)."""
     from .processing.image import load_image
+    from .processing.tiling import per_image_tile_budget
+    cfg = model.config
+    # (file, tile budget) per image of each question: images of one question share the budget, as in training
+    keys = [[(n, per_image_tile_budget(cfg.max_dynamic_patch, len(q.images))) for n in q.images] for q in examples]
+    tiles = {k: load_image(directory / k[0], input_size=cfg.image_size, max_num=k[1]) for ks in keys for k in ks}
+    pixel_values = torch.cat([tiles[k] for ks in keys for k in ks])
+    num_patches = [[tiles[k].shape[0] for k in ks] for ks in keys]
+    questions = [q.prompt for q in examples]
+    return model.batch_chat(tokenizer, pixel_values, questions, {"max_new_tokens": 8},
+                            num_patches_list=num_patches)
 
+
+def run_demo(say: Callable[[str], None] = print, model_dir: Path = MODEL_DIR) -> float:
+    """Run the demo; returns the share of example questions answered correctly."""
+    from .chat import from_pretrained
+    from .eval.metrics import first_word_match
+    from .tiny.examples import load_examples
+
+    if not (model_dir / "config.json").exists():
+        raise CheckpointError(f"the shipped tiny model is missing from {model_dir}; `make tiny` trains it")
     t0 = time.perf_counter()
-    torch.manual_seed(0)
-    tokenizer = byte_tokenizer()
-    cfg = PRESETS["tiny-random"].config.replace(image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"))
-    model = InternVL(cfg)
-    model.init_weights()
-    ckpt = save_checkpoint(model, workdir / "tiny-random", "official")
-    tokenizer.save_pretrained(ckpt)
-    say(f"saved a random tiny-random InternVL ({sum(p.numel() for p in model.parameters()):,} parameters) "
-        f"to {ckpt} in the official layout")
-    model, tokenizer = from_pretrained(ckpt)
-    image_path = workdir / "shapes.png"
-    example_image().save(image_path)
-    pixel_values = load_image(image_path, input_size=cfg.image_size, max_num=cfg.max_dynamic_patch)
-    say(f"tiled a 448x224 image into {pixel_values.shape[0]} tiles of {cfg.image_size}px "
-        f"({pixel_values.shape[0] * cfg.num_image_token} image tokens)")
-    question = "How many objects are there?"
-    answer = model.chat(tokenizer, pixel_values, question, {"max_new_tokens": 24, "do_sample": True, "seed": 0})
-    say(f"Q: {question}\nA: {answer!r}   (random weights: the answer is noise)")
-    say(f"done in {time.perf_counter() - t0:.1f}s")
-    return answer
+    model, tokenizer = from_pretrained(model_dir)
+    n = sum(p.numel() for p in model.parameters())
+    t1 = time.perf_counter()
+    say(f"loaded the tiny InternVL ({n / 1e6:.2f}M parameters, {next(model.parameters()).dtype}) "
+        f"from {model_dir} in {t1 - t0:.2f}s")
+    examples = load_examples()
+    answers = answer_examples(model, tokenizer, examples)
+    t2 = time.perf_counter()
+    right = 0
+    for q, a in zip(examples, answers):
+        ok = first_word_match(a, q.answer) == 1.0
+        right += ok
+        say(f"  [{' + '.join(q.images)}] {q.question:<48} -> {a!s:<9} {'ok' if ok else 'expected ' + q.answer}")
+    say(f"{right}/{len(examples)} right, {len(examples)} questions about {len({i for q in examples for i in q.images})} "
+        f"images answered in {t2 - t1:.2f}s (one batch through the engine)")
+    say(f"try: internvl chat --image {EXAMPLES_DIR / 'shapes-1.png'} \"How many objects are there?\"")
+    return right / len(examples)

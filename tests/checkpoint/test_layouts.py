@@ -138,3 +138,18 @@ def test_run_directory_whose_latest_names_a_missing_checkpoint(tmp_path):
     (tmp_path / "checkpoint-7").mkdir()
     assert resolve_path(tmp_path) == tmp_path / "checkpoint-7"
     assert resolve_path(tmp_path / "latest") == tmp_path / "checkpoint-7"
+
+
+def test_saved_checkpoint_has_the_permissions_of_the_umask(tmp_path):
+    import os
+    import stat
+
+    from internvl.models.internvl import InternVL
+    from internvl.presets import PRESETS
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(InternVL(PRESETS["tiny-random"].config), tmp_path / "ckpt", "official")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(f.stat().st_mode) for f in path.iterdir()} == {0o644}

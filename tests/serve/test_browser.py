@@ -71,3 +71,32 @@ def test_page_streams_answers_with_an_image_and_history(tiny, browser, tmp_path)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-done]")) == 2)
         answers = browser.find_elements(By.CSS_SELECTOR, ".msg.assistant .text")
         assert answers[-1].get_attribute("textContent") == want2 != want1
+
+
+def test_page_answers_about_a_shipped_example_image_with_the_shipped_model(browser):
+    """What a new user does first: open the page, attach an example image, ask, read the model's answer."""
+    import torch
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from internvl.chat import from_pretrained
+    from internvl.tiny import EXAMPLES_DIR, MODEL_DIR
+    from internvl.tiny.examples import load_examples
+    from internvl.demo import answer_examples
+    question = next(q for q in load_examples() if q.images == ("shapes-1.png",))
+    model, tokenizer = from_pretrained(MODEL_DIR, dtype=torch.float32)
+    expected = answer_examples(model, tokenizer, [question])[0]
+    with running_server(model, tokenizer) as (base, _):
+        browser.get(base + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: d.find_element(By.ID, "model").text == MODEL_NAME)
+        box = browser.find_element(By.ID, "temperature")
+        box.clear()
+        box.send_keys("0")
+        browser.find_element(By.ID, "file").send_keys(str(EXAMPLES_DIR / "shapes-1.png"))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#pending img"))
+        browser.find_element(By.ID, "prompt").send_keys(question.question)
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "done")
+        answer = browser.find_elements(By.CSS_SELECTOR, ".msg.assistant .text")[-1].get_attribute("textContent")
+        assert answer.strip() == expected.strip()  # what the library answers for the same image and question

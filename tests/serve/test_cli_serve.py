@@ -22,11 +22,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_requires_a_model_while_there_is_no_default(capsys):
-    assert DEFAULT_MODEL is None
-    with pytest.raises(SystemExit) as e:
-        main(["serve"])
-    assert e.value.code == 2 and "--model" in capsys.readouterr().err
+def test_serve_defaults_to_the_shipped_tiny_model():
+    from internvl.cli import build_parser
+    from internvl.serve.config import from_args
+    from internvl.tiny import MODEL_DIR
+    assert from_args(build_parser().parse_args(["serve"])).model == DEFAULT_MODEL == str(MODEL_DIR)
 
 
 def test_serve_prints_url_and_curl_and_enforces_the_api_key(tiny_ckpt):

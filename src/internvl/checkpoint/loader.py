@@ -185,6 +185,7 @@ def save_checkpoint(model: InternVL, directory: str | os.PathLike, layout: str =
                 src = Path(side_files_from) / name
                 if src.exists():
                     shutil.copy2(src, tmp / name)
+        _usual_permissions(tmp)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -197,6 +198,17 @@ def save_checkpoint(model: InternVL, directory: str | os.PathLike, layout: str =
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _usual_permissions(directory: Path) -> None:
+    """mkdtemp makes the staging directory private (0700) and the safetensors writer its files 0600; give the
+    finished checkpoint the permissions of any directory and file created under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for f in directory.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~umask)
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> Path:

@@ -9,14 +9,12 @@ import argparse
 from dataclasses import dataclass, fields
 
 from ..errors import ConfigError
-
-# The model `internvl serve` loads without --model; None makes the flag required.
-DEFAULT_MODEL: str | None = None
+from ..tiny import DEFAULT_MODEL  # the shipped tiny model, loaded without --model
 
 
 @dataclass
 class ServeConfig:
-    model: str | None = DEFAULT_MODEL  # checkpoint directory or Hub repo id
+    model: str = DEFAULT_MODEL  # checkpoint directory or Hub repo id (default: the shipped tiny model)
     host: str = "127.0.0.1"  # address to listen on (0.0.0.0 exposes the server to the network)
     port: int = 8000  # TCP port
     api_key: str | None = None  # require 'Authorization: Bearer KEY' on /v1/*
@@ -73,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kind = str(f.type).split(" |")[0]
         flag = "--" + f.name.replace("_", "-")
         if f.name == "model":
-            parser.add_argument(flag, required=DEFAULT_MODEL is None, default=DEFAULT_MODEL, help=helps.get(f.name))
+            parser.add_argument(flag, default=DEFAULT_MODEL, help=helps.get(f.name))
         elif f.name == "quantize":
             parser.add_argument(flag, choices=["none", "int8"], default=f.default, help=helps.get(f.name))
         else:

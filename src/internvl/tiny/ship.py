@@ -8,6 +8,8 @@ with its own numbers.
 from __future__ import annotations
 
 import platform
+import shlex
+import sys
 from pathlib import Path
 
 import torch
@@ -27,6 +29,11 @@ def ship(checkpoint: str | Path, out: str | Path, record: dict, summary: dict) -
     return path
 
 
+def _portable(command: str) -> str:
+    """A recorded command as a reader would type it (`python`, not this machine's interpreter path)."""
+    return command.replace(shlex.quote(sys.executable), "python", 1)
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -39,7 +46,7 @@ def model_card(cfg, params: int, size_bytes: int, record: dict, summary: dict) -
     ranked = sorted(summary["per_category"].items(), key=lambda kv: kv[1]["accuracy"])
     weakest = ", ".join(f"{c} ({_pct(r['accuracy'])}, blind {_pct(summary['blind']['per_category'][c]['accuracy'])})"
                         for c, r in ranked[:3])
-    steps = "\n".join(f"    {record[k]['command']}    # {record[k]['seconds']:.0f} s" for k in
+    steps = "\n".join(f"    {_portable(record[k]['command'])}    # {record[k]['seconds']:.0f} s" for k in
                       (*TRAIN_STEPS, "eval") if k in record)
     return f"""# internvl tiny
 
@@ -63,8 +70,11 @@ official layout, {size_bytes / 2**20:.1f} MiB in all.
 ## Data and recipe
 
 Training data: the world's first 60,000 examples (seeds 0-59,999; all seven question types in equal
-shares) exported to the official meta JSON + JSONL + PNG format. Evaluation uses the held-out seeds
-10**9 + i, which training never sees. `make tiny` reproduces everything with fixed seeds; its steps:
+shares) exported to the official meta JSON + JSONL + PNG format, plus a second dataset on the same images
+that asks "Describe the image." and answers with every object, left to right ("3 objects: red circle, blue
+square, green triangle"): the analogue of the captioning data of InternVL's first stage, and far more signal
+per image for the vision tower than a one-word answer. Evaluation asks only the seven question types, on the
+held-out seeds 10**9 + i, which training never sees. `make tiny` reproduces everything with fixed seeds; its steps:
 
 {steps}
 
