@@ -19,14 +19,10 @@ from .tiny import EXAMPLES_DIR, MODEL_DIR
 
 def answer_examples(model, tokenizer, examples, directory: Path = EXAMPLES_DIR) -> list[str]:
     """Greedy answers to the example questions, batched through `batch_chat` (one engine)."""
-    from .processing.image import load_image
-    from .processing.tiling import per_image_tile_budget
-    cfg = model.config
-    # (file, tile budget) per image of each question: images of one question share the budget, as in training
-    keys = [[(n, per_image_tile_budget(cfg.max_dynamic_patch, len(q.images))) for n in q.images] for q in examples]
-    tiles = {k: load_image(directory / k[0], input_size=cfg.image_size, max_num=k[1]) for ks in keys for k in ks}
-    pixel_values = torch.cat([tiles[k] for ks in keys for k in ks])
-    num_patches = [[tiles[k].shape[0] for k in ks] for ks in keys]
+    from .processing.image import load_question_images
+    tiles = [load_question_images([directory / n for n in q.images], model.config) for q in examples]
+    pixel_values = torch.cat([t for per_question in tiles for t in per_question])
+    num_patches = [[t.shape[0] for t in per_question] for per_question in tiles]
     questions = [q.prompt for q in examples]
     return model.batch_chat(tokenizer, pixel_values, questions, {"max_new_tokens": 8},
                             num_patches_list=num_patches)

@@ -18,7 +18,7 @@ from internvl.chat import from_pretrained
 from internvl.cli import main
 from internvl.demo import answer_examples
 from internvl.eval.runner import EvalConfig, evaluate
-from internvl.processing.image import load_image
+from internvl.processing.image import load_question_images
 from internvl.tiny import DEFAULT_MODEL, EXAMPLES_DIR, MODEL_DIR
 from internvl.tiny.examples import load_examples, write_examples
 
@@ -79,7 +79,6 @@ def test_hf_export_gives_transformers_the_same_greedy_answers(shipped, tmp_path)
     from internvl.checkpoint.loader import convert
     from internvl.processing.prompt import build_query
     from internvl.processing.templates import get_template
-    from internvl.processing.tiling import per_image_tile_budget
 
     model, tok = shipped
     hf_dir = convert(MODEL_DIR, tmp_path / "tiny-hf", "hf")
@@ -89,8 +88,7 @@ def test_hf_export_gives_transformers_the_same_greedy_answers(shipped, tmp_path)
     ours = answer_examples(model, tok, examples)
     end = tok.convert_tokens_to_ids("<|im_end|>")
     for q, our_answer in zip(examples, ours):
-        budget = per_image_tile_budget(cfg.max_dynamic_patch, len(q.images))
-        tiles = [load_image(EXAMPLES_DIR / n, input_size=cfg.image_size, max_num=budget) for n in q.images]
+        tiles = load_question_images([EXAMPLES_DIR / n for n in q.images], cfg)
         query = build_query(get_template(cfg.template), q.prompt, None, [t.shape[0] for t in tiles],
                             cfg.num_image_token, cfg.system_message)
         ids = torch.tensor([tok(query, return_tensors=None)["input_ids"]])

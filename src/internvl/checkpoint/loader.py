@@ -36,6 +36,12 @@ LATEST_POINTER = "latest"
 _HF_TEMPLATES = {"InternLM2ForCausalLM": "internlm2-chat", "Phi3ForCausalLM": "phi3-chat"}
 
 
+def latest_name(run_dir: Path) -> str | None:
+    """The checkpoint name a training run's `latest` file holds (None without the file)."""
+    pointer = run_dir / LATEST_POINTER
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
 def resolve_path(path_or_repo: str | os.PathLike) -> Path:
     """A local checkpoint directory, or a Hugging Face Hub repo id downloaded into the local cache. A training
     run's output directory (or its `latest` file) means the checkpoint that `latest` names."""
@@ -43,12 +49,11 @@ def resolve_path(path_or_repo: str | os.PathLike) -> Path:
     if p.name == LATEST_POINTER and p.is_file():
         p = p.parent  # `runs/x/latest`: the training run's newest checkpoint
     if p.is_dir():
-        pointer = p / LATEST_POINTER
-        if not (p / "config.json").exists() and pointer.is_file():
-            named = p / pointer.read_text().strip()
-            if not named.is_dir():
-                raise CheckpointError(f"{pointer} names {named.name}, which is missing")
-            return named
+        name = latest_name(p) if not (p / "config.json").exists() else None
+        if name is not None:
+            if not (p / name).is_dir():
+                raise CheckpointError(f"{p / LATEST_POINTER} names {name}, which is missing")
+            return p / name
         return p
     if p.exists():
         raise CheckpointError(f"{p} is a file; give the checkpoint directory")

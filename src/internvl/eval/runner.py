@@ -24,10 +24,9 @@ from PIL import Image
 from ..engine.engine import Engine
 from ..engine.sampling import SamplingParams
 from ..models.internvl import InternVL
-from ..processing.image import load_image
+from ..processing.image import load_question_images
 from ..processing.prompt import IMG_CONTEXT_TOKEN, build_query
 from ..processing.templates import get_template, stop_strings
-from ..processing.tiling import per_image_tile_budget
 from ..processing.tokenizer import Tokenizer
 from ..tiny import DEFAULT_MODEL  # the shipped tiny model
 from . import report
@@ -81,14 +80,11 @@ def _requests(model: InternVL, tokenizer: Tokenizer, task: Task, samples: Sequen
     """(prompt ids, tiles) per sample, built only when the engine has room for it."""
     cfg = model.config
     template = get_template(cfg.template)
-    max_num = (max_tiles or cfg.max_dynamic_patch) if cfg.dynamic_image_size else 1
     for sample in samples:
         images = sample.load_images()
         if blind:
             images = [Image.new("RGB", img.size, BLANK) for img in images]
-        per_image = per_image_tile_budget(max_num, len(images))  # images share the budget, as in training
-        tiles = [load_image(img, cfg.image_size, max_num=per_image, min_num=min(cfg.min_dynamic_patch, per_image),
-                            use_thumbnail=cfg.use_thumbnail) for img in images]
+        tiles = load_question_images(images, cfg, max_tiles)
         query = build_query(template, task.prompt(sample), None, [t.shape[0] for t in tiles], cfg.num_image_token,
                             cfg.system_message)
         yield tokenizer(query, return_tensors=None)["input_ids"], (torch.cat(tiles) if tiles else None)

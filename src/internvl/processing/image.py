@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ..errors import ImageLoadError
-from .tiling import dynamic_preprocess
+from .tiling import dynamic_preprocess, per_image_tile_budget
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -134,3 +134,13 @@ def load_image(image: ImageInput, input_size: int = 448, max_num: int = 12, min_
     tiles = dynamic_preprocess(open_image(image), min_num=min_num, max_num=max_num, image_size=input_size,
                                use_thumbnail=use_thumbnail)
     return to_pixel_values(tiles, input_size)
+
+
+def load_question_images(images: list[ImageInput], config, max_tiles: int | None = None) -> list[torch.Tensor]:
+    """Tiles of each image of one question, as the model was fine-tuned: the images share the tile budget
+    (`max_tiles`, default the config's `max_dynamic_patch`; see `per_image_tile_budget`), and without dynamic
+    tiling each image is one tile. `config` is the model's `InternVLConfig`."""
+    max_num = (max_tiles or config.max_dynamic_patch) if config.dynamic_image_size else 1
+    per_image = per_image_tile_budget(max_num, len(images))
+    return [load_image(img, config.image_size, max_num=per_image, min_num=min(config.min_dynamic_patch, per_image),
+                       use_thumbnail=config.use_thumbnail) for img in images]

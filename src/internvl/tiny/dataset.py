@@ -29,7 +29,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..processing.prompt import IMAGE_PLACEHOLDER
-from .world import DESCRIBE_QUESTION, Example, describe, examples
+from .world import DESCRIBE_QUESTION, Example, examples
+from .world import describe as describe_scene
 
 MAX_DYNAMIC_PATCH = 6  # the tiny preset's tiling limit, recorded per dataset as the official meta does
 
@@ -89,7 +90,7 @@ def describe_record(example: Example, split: str, image_name: str) -> dict:
     """The description record of an example's first image (see `world.describe`)."""
     return {"id": f"{split}-{example.seed:09d}-describe", "image": image_name,
             "conversations": [{"from": "human", "value": IMAGE_PLACEHOLDER + "\n" + DESCRIBE_QUESTION},
-                              {"from": "gpt", "value": describe(example.scenes[0])}]}
+                              {"from": "gpt", "value": describe_scene(example.scenes[0])}]}
 
 
 def type_counts(annotation: str | os.PathLike) -> Counter:

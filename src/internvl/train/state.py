@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint.loader import LATEST_POINTER, OFFICIAL, SIDE_FILES, build_model, load_model, save_checkpoint
+from ..checkpoint.loader import (LATEST_POINTER, OFFICIAL, SIDE_FILES, build_model, latest_name, load_model,
+                                 save_checkpoint)
 from ..errors import CheckpointError, ConfigError
 from ..models.internvl import InternVL
 from ..processing.prompt import IMG_CONTEXT_TOKEN
@@ -159,7 +160,7 @@ def write_latest(output_dir: Path, name: str) -> None:
 
 def prune(output_dir: Path, keep: int) -> None:
     """Delete all but the newest `keep` complete checkpoints (never the one `latest` names)."""
-    latest = (output_dir / LATEST).read_text().strip() if (output_dir / LATEST).exists() else None
+    latest = latest_name(output_dir)
     done = sorted(list_checkpoints(output_dir), key=lambda p: step_of(p), reverse=True)
     for path in done[keep:]:
         if path.name != latest:
@@ -220,12 +221,12 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
 def find_latest(output_dir: str | os.PathLike) -> Path | None:
     """The checkpoint to resume from: the one `latest` names, else the highest complete checkpoint-STEP."""
     out = Path(output_dir)
-    pointer = out / LATEST
-    if pointer.exists():
-        named = out / pointer.read_text().strip()
-        if is_complete(named):
-            return named
-        log.warning("%s names %s, which is not a complete checkpoint; looking for the newest one", pointer, named)
+    name = latest_name(out)
+    if name is not None:
+        if is_complete(out / name):
+            return out / name
+        log.warning("%s names %s, which is not a complete checkpoint; looking for the newest one", out / LATEST,
+                    out / name)
     done = list_checkpoints(out)
     return max(done, key=step_of) if done else None
 
