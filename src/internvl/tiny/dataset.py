@@ -29,7 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..processing.prompt import IMAGE_PLACEHOLDER
-from .world import DESCRIBE_QUESTION, Example, examples
+from .world import DESCRIBE_QUESTION, GROUND_QUESTION, Example, examples, ground
 from .world import describe as describe_scene
 
 MAX_DYNAMIC_PATCH = 6  # the tiny preset's tiling limit, recorded per dataset as the official meta does
@@ -45,7 +45,7 @@ def to_record(example: Example, split: str, image_names: list[str]) -> dict:
 
 
 def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", name: str | None = None,
-           describe: bool = False) -> Path:
+           describe: bool = False, ground: bool = False) -> Path:
     """Write n examples of a split as images + JSONL + meta JSON under `out`; returns the meta file's path.
 
     Args:
@@ -56,14 +56,18 @@ def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", 
         name: Dataset name in the meta file; default `shapes_<split>`.
         describe: Also write `<name>_describe`: the same images, each first image asked
             `world.DESCRIBE_QUESTION` (a second dataset in the meta file).
+        ground: Also write the grounding records of the same first images (`world.ground`) with a meta file of
+            their own, `<name>_ground_meta.json`: the data of the vision pre-training stage (`--stage 0`).
     """
     name = name or f"shapes_{split}"
     out = Path(out).resolve()
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     annotation, described = out / f"{name}.jsonl", out / f"{name}_describe.jsonl"
+    grounded = out / f"{name}_ground.jsonl"
     with open(annotation, "w", encoding="utf-8") as f, ExitStack() as stack:
         g = stack.enter_context(open(described, "w", encoding="utf-8")) if describe else None
+        h = stack.enter_context(open(grounded, "w", encoding="utf-8")) if ground else None
         for example in examples(split, n, seed):
             stem = f"{split}-{example.seed:09d}"
             rendered = example.images()
@@ -73,6 +77,8 @@ def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", 
             f.write(json.dumps(to_record(example, split, names)) + "\n")
             if g is not None:
                 g.write(json.dumps(describe_record(example, split, names[0])) + "\n")
+            if h is not None:
+                h.write(json.dumps(ground_record(example, split, names[0])) + "\n")
 
     def entry(path: Path) -> dict:
         return {"root": str(images), "annotation": str(path), "data_augment": False,
@@ -83,6 +89,8 @@ def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", 
         meta[f"{name}_describe"] = entry(described)
     meta_path = out / f"{name}_meta.json"
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    if ground:
+        (out / f"{name}_ground_meta.json").write_text(json.dumps({f"{name}_ground": entry(grounded)}, indent=2) + "\n")
     return meta_path
 
 
@@ -91,6 +99,13 @@ def describe_record(example: Example, split: str, image_name: str) -> dict:
     return {"id": f"{split}-{example.seed:09d}-describe", "image": image_name,
             "conversations": [{"from": "human", "value": IMAGE_PLACEHOLDER + "\n" + DESCRIBE_QUESTION},
                               {"from": "gpt", "value": describe_scene(example.scenes[0])}]}
+
+
+def ground_record(example: Example, split: str, image_name: str) -> dict:
+    """The grounding record of an example's first image (see `world.ground`)."""
+    return {"id": f"{split}-{example.seed:09d}-ground", "image": image_name,
+            "conversations": [{"from": "human", "value": IMAGE_PLACEHOLDER + "\n" + GROUND_QUESTION},
+                              {"from": "gpt", "value": ground(example.scenes[0])}]}
 
 
 def type_counts(annotation: str | os.PathLike) -> Counter:
@@ -110,8 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None, help="dataset name in the meta file (default shapes_<split>)")
     parser.add_argument("--describe", action="store_true",
                         help="also write a description of each image as a second dataset (training only)")
+    parser.add_argument("--ground", action="store_true",
+                        help="also write grounding records of the images, with their own meta file (stage 0 data)")
     args = parser.parse_args(argv)
-    meta_path = export(args.out, args.n, args.seed, args.split, args.name, args.describe)
+    meta_path = export(args.out, args.n, args.seed, args.split, args.name, args.describe, args.ground)
     entry = next(iter(json.loads(meta_path.read_text()).values()))
     counts = type_counts(entry["annotation"])
     print(f"wrote {args.n} examples to {args.out}; meta {meta_path}")

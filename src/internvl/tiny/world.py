@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 
 from ..errors import ConfigError
+from ..processing.grounding import format_region, normalize_box
 from ..processing.prompt import IMAGE_PLACEHOLDER, multi_image_prompt
 
 SHAPES = ("circle", "square", "triangle")
@@ -244,6 +245,19 @@ def describe(scene: Scene) -> str:
     shapes = sorted(scene.shapes, key=lambda s: (2 * s.x0 + s.size, 2 * s.y0 + s.size))
     noun = "object" if len(shapes) == 1 else "objects"
     return f"{len(shapes)} {noun}: " + ", ".join(f"{s.color} {s.kind}" for s in shapes)
+
+
+# The grounding task (stage 0's data, `train/region_align.py`): every object as InternVL grounding markup,
+# `<ref>red circle</ref><box>[[x1, y1, x2, y2]]</box>`, boxes in 0-1000 of the image, one line per phrase.
+GROUND_QUESTION = "Locate every object."
+
+
+def ground(scene: Scene) -> str:
+    """Each distinct color-shape phrase with the boxes of its objects, left to right."""
+    boxes: dict[str, list[tuple[int, int, int, int]]] = {}
+    for s in sorted(scene.shapes, key=lambda s: (2 * s.x0 + s.size, 2 * s.y0 + s.size)):
+        boxes.setdefault(f"{s.color} {s.kind}", []).append(normalize_box(s.box, scene.width, scene.height))
+    return "\n".join(format_region(phrase, b) for phrase, b in boxes.items())
 
 
 def question_texts() -> list[str]:

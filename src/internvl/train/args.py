@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-STAGES = ("1", "1.5", "2")
+STAGES = ("0", "1", "1.5", "2")
 PARALLEL = ("fsdp", "ddp")
 REDUCTIONS = ("token", "sample", "square")
 
@@ -34,7 +34,9 @@ class TrainConfig:
     tokenizer: str | None = _opt(None, "tokenizer directory (default: the --model checkpoint's); 'byte' for the "
                                        "byte-level test tokenizer", metavar="DIR")
     # what trains
-    stage: str | None = _opt(None, "preset: 1 = projector only, 1.5 = ViT + projector, 2 = everything (or LoRA)",
+    stage: str | None = _opt(None, "preset: 0 = vision pre-training on grounding data (ViT + projector + token "
+                                    "embeddings, region-text alignment), 1 = projector only, 1.5 = ViT + projector, "
+                                    "2 = everything (or LoRA)",
                              choices=STAGES)
     freeze_llm: bool = _opt(False, "freeze the language model")
     freeze_backbone: bool = _opt(False, "freeze the vision tower (InternViT)")
@@ -107,6 +109,9 @@ class TrainConfig:
             raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.stage == "0" and (self.use_llm_lora or self.use_backbone_lora):
+            raise ConfigError("--stage 0 (vision pre-training) trains full weights: drop --use-llm-lora / "
+                              "--use-backbone-lora")
         if self.loss_reduction not in REDUCTIONS:
             raise ConfigError(f"--loss-reduction must be one of {', '.join(REDUCTIONS)}, got {self.loss_reduction!r}")
         if self.parallel not in PARALLEL:

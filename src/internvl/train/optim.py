@@ -2,7 +2,8 @@
 
 Spec section 5. The three parts of InternVL (`vision_model`, `mlp1`, `language_model`) freeze independently,
 as the official `freeze_backbone` / `freeze_mlp` / `freeze_llm` flags do; `unfreeze_vit_layers` then gives
-back the last layers of a frozen ViT. The stage presets are the InternVL 2.5 recipe: stage 1 trains the
+back the last layers of a frozen ViT. The stage presets are the InternVL 2.5 recipe, plus a vision pre-training
+stage 0 (ViT + projector, and the LLM's token embeddings as its text encoder; `region_align.py`): stage 1 trains the
 projector alone (MLP warmup), stage 1.5 the ViT and projector (ViT incremental learning), stage 2 the whole
 model (or LoRA adapters; see `lora.py`). LoRA is applied between freezing and `unfreeze_vit_layers`, the
 official order.
@@ -19,7 +20,8 @@ from torch import nn
 from ..errors import ConfigError
 
 # stage -> (freeze_backbone, freeze_mlp, freeze_llm)
-STAGE_FREEZING = {"1": (True, False, True), "1.5": (False, False, True), "2": (False, False, False)}
+STAGE_FREEZING = {"0": (False, False, True), "1": (True, False, True), "1.5": (False, False, True),
+                  "2": (False, False, False)}
 PARTS = ("vision_model", "mlp1", "language_model")
 
 

@@ -38,6 +38,7 @@ from .metrics import MetricsLog, draw_from_metrics
 from .optim import (Freezing, apply_freezing, build_optimizer, cosine_schedule, set_frozen_parts_eval,
                     trainable_summary, unfreeze_last_vit_layers)
 from .packing import Batch, PackedCollator
+from .region_align import RegionCollator, RegionDataset, RegionTextObjective, phrase_embeddings, unfreeze_text_encoder
 from .state import (ADAPTER, capture_rng, clean_staging, find_latest, load_start_model, read_trainer_state,
                     restore_rng, save_training_checkpoint)
 
@@ -50,9 +51,14 @@ class SFTInternVL(InternVL):
 
     run_vision_always = False  # set under several processes, see forward
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | Segments | None,
-                pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) ids and positions, attention layout (`attention_layout`) [+ tiles] -> logits (B, T, vocab)."""
+    def forward(self, input_ids: torch.Tensor | None, position_ids: torch.Tensor | None,
+                mask: torch.Tensor | Segments | None, pixel_values: torch.Tensor | None = None,
+                phrases: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | tuple:
+        """(B, T) ids and positions, attention layout (`attention_layout`) [+ tiles] -> logits (B, T, vocab).
+
+        Stage 0 passes `phrases` (ids, mask) and no text: -> (image tokens, phrase embeddings), no decoder."""
+        if phrases is not None:
+            return self.extract_feature(pixel_values), phrase_embeddings(self.language_model.embed_tokens, *phrases)
         embeds = self.embed(input_ids, pixel_values=pixel_values)
         if pixel_values is None and self.run_vision_always:
             # every rank must run the ViT each micro-batch (its FSDP all-gathers and DDP gradient reductions are
@@ -167,6 +173,8 @@ def prepare_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[SFTIntern
     if resume_from is not None and not specs:
         load_weights(model, resume_from, OFFICIAL)  # full weights, exactly as saved (fp32)
     apply_freezing(model, Freezing.resolve(cfg.stage, cfg.freeze_backbone, cfg.freeze_mlp, cfg.freeze_llm))
+    if cfg.stage == "0":
+        unfreeze_text_encoder(model)
     apply_lora(model, specs)
     unfreeze_last_vit_layers(model, cfg.unfreeze_vit_layers)
     if resume_from is not None and specs:
@@ -191,13 +199,19 @@ def build_loader(cfg: TrainConfig, model: InternVL, tokenizer: Tokenizer, info: 
     overrides = {"max_seq_length": cfg.max_seq_length, "skip_bad_samples": cfg.skip_bad_samples}
     if cfg.max_dynamic_patch is not None:
         overrides["max_dynamic_patch"] = cfg.max_dynamic_patch
-    dataset = SFTDataset(cfg.meta_path, tokenizer, DataConfig.from_model(model.config, **overrides), seed=cfg.seed)
+    data_cfg = DataConfig.from_model(model.config, **overrides)
+    if cfg.stage == "0":
+        dataset = RegionDataset(cfg.meta_path, tokenizer, data_cfg, cfg.seed, model.config.ps_version)
+        collate = RegionCollator(tokenizer)
+    else:
+        dataset = SFTDataset(cfg.meta_path, tokenizer, data_cfg, seed=cfg.seed)
+        collate = PackedCollator(tokenizer.pad_token_id, cfg.loss_reduction,
+                                 cfg.max_packed_tokens if cfg.packed else None)
     probe = D.StepBatchSampler(len(dataset), cfg.per_device_batch_size, cfg.gradient_accumulation_steps, info,
                                cfg.seed)
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * probe.steps_per_epoch))
     sampler = D.StepBatchSampler(len(dataset), cfg.per_device_batch_size, cfg.gradient_accumulation_steps, info,
                                  cfg.seed, start_step=start_step, max_steps=max_steps)
-    collate = PackedCollator(tokenizer.pad_token_id, cfg.loss_reduction, cfg.max_packed_tokens if cfg.packed else None)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
         pin_memory=info.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
@@ -287,7 +301,8 @@ def fit(run: Run) -> dict:
     cfg, info = run.cfg, run.info
     metrics = MetricsLog(cfg.output_dir, resume_step=run.start_step if run.resumed_from else None) \
         if info.is_main else None
-    ctx = StepContext(info, [p for p in run.inner.parameters() if p.requires_grad], cfg.max_grad_norm, cfg.bf16)
+    ctx = StepContext(info, [p for p in run.inner.parameters() if p.requires_grad], cfg.max_grad_norm, cfg.bf16,
+                      RegionTextObjective() if cfg.stage == "0" else SFTObjective())
     bar, batches = _progress(run), iter(run.loader)
     run.model.train()
     set_frozen_parts_eval(run.inner)
