@@ -19,21 +19,24 @@ from internvl.tiny.world import QUESTION_TYPES
 
 def test_plan_trains_only_through_the_cli_and_resumes(tmp_path):
     steps = recipe.plan(tmp_path)
-    assert [name for name, _, _ in steps] == ["tokenizer", "data", "stage1", "stage2", "eval"]
+    assert [name for name, _, _ in steps] == ["tokenizer", "data", "stage0", "stage2", "eval"]
     assert not any(done for _, _, done in steps)
     commands = {name: cmd for name, cmd, _ in steps}
-    for stage in ("stage1", "stage2"):
+    for stage in ("stage0", "stage2"):
         assert commands[stage][1:4] == ["-m", "internvl", "train"] and "--resume" not in commands[stage]
-    assert commands["stage1"][commands["stage1"].index("--model") + 1] == "tiny"
-    assert commands["stage2"][commands["stage2"].index("--model") + 1].endswith("stage1/checkpoint-150")
-    assert "--describe" in commands["data"]
+    s0, s2 = commands["stage0"], commands["stage2"]
+    assert s0[s0.index("--model") + 1] == "tiny" and s0[s0.index("--stage") + 1] == "0"
+    assert s0[s0.index("--meta-path") + 1].endswith("shapes_train_ground_meta.json")
+    assert s2[s2.index("--model") + 1].endswith(f"stage0/checkpoint-{recipe._steps(recipe.STAGE0)}")
+    assert s2[s2.index("--meta-path") + 1].endswith("shapes_train_meta.json") and "--freeze-backbone" in s2
+    assert "--describe" in commands["data"] and "--ground" in commands["data"]
 
     (tmp_path / "tokenizer").mkdir()
     (tmp_path / "tokenizer" / "tokenizer.json").write_text("{}")
-    (tmp_path / "stage1" / "checkpoint-100").mkdir(parents=True)  # stage 1 was interrupted after a save
+    (tmp_path / "stage0" / "checkpoint-100").mkdir(parents=True)  # stage 0 was interrupted after a save
     steps = {name: (cmd, done) for name, cmd, done in recipe.plan(tmp_path)}
-    assert steps["tokenizer"][1] and not steps["stage1"][1]
-    assert "--resume" in steps["stage1"][0] and "--resume" not in steps["stage2"][0]
+    assert steps["tokenizer"][1] and not steps["stage0"][1]
+    assert "--resume" in steps["stage0"][0] and "--resume" not in steps["stage2"][0]
 
 
 def test_ship_writes_bf16_official_weights_and_a_model_card(tmp_path):
@@ -45,7 +48,7 @@ def test_ship_writes_bf16_official_weights_and_a_model_card(tmp_path):
     per_type = {t: {"n": 10, "accuracy": 0.9} for t in QUESTION_TYPES}
     summary = {"n": 70, "accuracy": 0.9, "per_category": per_type,
                "blind": {"accuracy": 0.3, "per_category": {t: {"n": 10, "accuracy": 0.3} for t in QUESTION_TYPES}}}
-    record = {"stage1": {"command": "python -m internvl train --stage 1", "seconds": 60.0},
+    record = {"stage0": {"command": "python -m internvl train --stage 0", "seconds": 60.0},
               "stage2": {"command": "python -m internvl train --stage 2", "seconds": 1200.0}}
     out = ship(checkpoint, tmp_path / "shipped", record, summary)
     assert json.loads((out / "config.json").read_text())["architectures"] == ["InternVLChatModel"]

@@ -4,10 +4,10 @@ Every step is a command a user could type (printed before it runs), so the shipp
 `internvl train`:
 
 1. the BPE tokenizer           python -m internvl.tiny.tokenizer --out W/tokenizer
-2. training data               python -m internvl.tiny.dataset --out W/data --n N --seed 0 --describe
-3. stage 1 (projector only)    internvl train --model tiny --tokenizer W/tokenizer --stage 1 ... --output-dir W/stage1
-4. stage 2 (everything)        internvl train --model W/stage1 --stage 2 ... --output-dir W/stage2
-5. held-out evaluation         internvl eval shapes --model W/stage2 --n 500 --out W/eval
+2. training data               python -m internvl.tiny.dataset --out W/data --n N --seed 0 --describe --ground
+3. stage 0 (vision tower)      internvl train --model tiny --tokenizer W/tokenizer --stage 0 ... --output-dir W/stage0
+4. stage 2 (LLM + projector)   internvl train --model W/stage0/checkpoint-S --stage 2 --freeze-backbone ...
+5. held-out evaluation         internvl eval shapes --model W/stage2/checkpoint-S --n 500 --out W/eval
 6. ship                        bf16 weights + tokenizer + model card -> src/internvl/tiny/model/
 
 A step whose result is already complete is skipped, and an interrupted training stage continues with
@@ -32,16 +32,17 @@ from . import MODEL_DIR
 SEED = 0
 TRAIN_EXAMPLES = 60_000
 EVAL_EXAMPLES = 500
-# Both stages pack 16 samples per step into one row (block-diagonal attention per sample) and train in bf16
-# autocast with fp32 master weights, on the world's questions mixed 1:1 with descriptions of the same images.
-# Stage 1 teaches the projector to read the (random, frozen) ViT before the LLM's gradients reach it; stage 2
-# trains everything. The peak learning rate matters most: at 1.5e-3 the vision tower collapsed within 250
-# steps (every image token the same large vector, the LLM answering from question priors); 5e-4 learns.
-COMMON = ["--per-device-batch-size", "16", "--packed", "--max-packed-tokens", "2048", "--bf16",
-          "--num-workers", "1", "--seed", str(SEED), "--save-total-limit", "2", "--no-progress"]
-STAGE1 = ["--stage", "1", "--lr", "5e-4", "--max-steps", "150", "--warmup-ratio", "0.1", "--save-steps", "0"]
-STAGE2 = ["--stage", "2", "--lr", "5e-4", "--max-steps", "5000", "--warmup-ratio", "0.03",
-          "--min-lr-ratio", "0.05", "--save-steps", "500"]
+# Stage 0 pre-trains the vision tower and projector alone (no LLM forward, so it is cheap per image) to mark
+# every object with one image token naming its color and shape (`train/region_align.py`): shape is what the
+# first recipe never learned end to end. Stage 2 then trains the LLM and the projector on questions and
+# descriptions with the tower frozen, which also halves the cost of a step (no backward through the ViT).
+# There is no stage 1: its job (a projector the LLM can read before the LLM trains) is done by stage 0,
+# whose tokens are aligned with the LLM's own word embeddings.
+COMMON = ["--per-device-batch-size", "16", "--bf16", "--num-workers", "1", "--seed", str(SEED),
+          "--save-total-limit", "2", "--no-progress"]
+STAGE0 = ["--stage", "0", "--lr", "1e-3", "--max-steps", "2000", "--warmup-ratio", "0.03", "--save-steps", "500"]
+STAGE2 = ["--stage", "2", "--freeze-backbone", "--lr", "5e-4", "--max-steps", "6000", "--warmup-ratio", "0.03",
+          "--min-lr-ratio", "0.05", "--save-steps", "500", "--packed", "--max-packed-tokens", "4096"]
 
 
 def _cli(*args: str) -> list[str]:
@@ -58,10 +59,9 @@ def _steps(args: list[str]) -> int:
 
 def plan(work: Path) -> list[tuple[str, list[str], bool]]:
     """(name, command, already done) for each step, in order."""
-    tok, data, s1, s2 = work / "tokenizer", work / "data", work / "stage1", work / "stage2"
-    meta = data / "shapes_train_meta.json"
+    tok, data, s0, s2 = work / "tokenizer", work / "data", work / "stage0", work / "stage2"
 
-    def train(model: str, extra: list[str], out: Path, stage_args: list[str]) -> list[str]:
+    def train(model: str, extra: list[str], meta: Path, out: Path, stage_args: list[str]) -> list[str]:
         resume = ["--resume"] if out.exists() and any(out.glob("checkpoint-*")) else []
         return _cli("train", "--model", model, *extra, "--meta-path", str(meta), "--output-dir", str(out),
                     *stage_args, *COMMON, *resume)
@@ -70,9 +70,11 @@ def plan(work: Path) -> list[tuple[str, list[str], bool]]:
         ("tokenizer", [sys.executable, "-m", "internvl.tiny.tokenizer", "--out", str(tok)],
          (tok / "tokenizer.json").exists()),
         ("data", [sys.executable, "-m", "internvl.tiny.dataset", "--out", str(data), "--n", str(TRAIN_EXAMPLES),
-                  "--seed", str(SEED), "--describe"], meta.exists()),
-        ("stage1", train("tiny", ["--tokenizer", str(tok)], s1, STAGE1), _done(s1, _steps(STAGE1))),
-        ("stage2", train(str(s1 / f"checkpoint-{_steps(STAGE1)}"), [], s2, STAGE2), _done(s2, _steps(STAGE2))),
+                  "--seed", str(SEED), "--describe", "--ground"], (data / "shapes_train_ground_meta.json").exists()),
+        ("stage0", train("tiny", ["--tokenizer", str(tok)], data / "shapes_train_ground_meta.json", s0, STAGE0),
+         _done(s0, _steps(STAGE0))),
+        ("stage2", train(str(s0 / f"checkpoint-{_steps(STAGE0)}"), [], data / "shapes_train_meta.json", s2, STAGE2),
+         _done(s2, _steps(STAGE2))),
         ("eval", _cli("eval", "shapes", "--model", str(s2 / f"checkpoint-{_steps(STAGE2)}"), "--n",
                       str(EVAL_EXAMPLES), "--out", str(work / "eval")), (work / "eval" / "summary.json").exists()),
     ]

@@ -16,7 +16,7 @@ import torch
 
 from ..checkpoint.loader import OFFICIAL, load_model, save_checkpoint
 
-TRAIN_STEPS = ("tokenizer", "data", "stage1", "stage2")
+TRAIN_STEPS = ("tokenizer", "data", "stage0", "stage2")
 
 
 def ship(checkpoint: str | Path, out: str | Path, record: dict, summary: dict) -> Path:
@@ -70,11 +70,16 @@ official layout, {size_bytes / 2**20:.1f} MiB in all.
 ## Data and recipe
 
 Training data: the world's first 60,000 examples (seeds 0-59,999; all seven question types in equal
-shares) exported to the official meta JSON + JSONL + PNG format, plus a second dataset on the same images
-that asks "Describe the image." and answers with every object, left to right ("3 objects: red circle, blue
-square, green triangle"): the analogue of the captioning data of InternVL's first stage, and far more signal
-per image for the vision tower than a one-word answer. Evaluation asks only the seven question types, on the
-held-out seeds 10**9 + i, which training never sees. `make tiny` reproduces everything with fixed seeds; its steps:
+shares) exported to the official meta JSON + JSONL + PNG format, plus two more datasets on the same images:
+"Describe the image." answered with every object, left to right ("3 objects: red circle, blue square, green
+triangle"), and "Locate every object." answered in InternVL's grounding markup (`<ref>red circle</ref><box>[[x1,
+y1, x2, y2]]</box>`, boxes in 0-1000). Stage 0 pre-trains the vision tower and the projector on the grounding
+records alone (region-text alignment, `internvl train --stage 0`: every image token is trained to name the
+object whose box center it holds, against the LLM's own word embeddings, or nothing), so that each object is
+marked by one token that says its color and shape before the LLM learns anything. Stage 2 then trains the LLM
+and the projector on the questions and descriptions with the tower frozen. Evaluation asks only the seven
+question types, on the held-out seeds 10**9 + i, which training never sees. `make tiny` reproduces everything
+with fixed seeds; its steps:
 
 {steps}
 
