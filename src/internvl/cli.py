@@ -133,7 +133,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .eval.report import format_table
     from .eval.runner import evaluate, from_args
     summary = evaluate(from_args(args))
-    print(f"{summary['task']}: {summary['n']} held-out samples, model {summary['model']}, {summary['seconds']:.1f}s")
+    print(f"{summary['task']}: {summary['n']} held-out samples, model {summary['model']} ({summary['dtype']} on "
+          f"{summary['device']}), {summary['seconds']:.1f}s")
     print(format_table(summary))
     print(f"wrote predictions.jsonl, summary.json and accuracy.png to {summary['out']}")
 

@@ -202,7 +202,12 @@ def evaluate(cfg: EvalConfig, model: InternVL | None = None, tokenizer: Tokenize
     answers = generate_answers(model, tokenizer, task, samples, **kw)
     seconds = time.perf_counter() - start
     scores = [task.score(a, s) for a, s in zip(answers, samples)]
+    # bf16 and fp32 greedy answers differ on a few questions, and `--dtype auto` means bf16 only on CPUs with
+    # native bf16: the numbers say which precision (and how many threads) produced them
+    param = next(model.parameters())
     summary = {"task": task.name, "model": cfg.model, "n": len(samples), "seed": cfg.seed,
+               "dtype": str(param.dtype).removeprefix("torch."), "device": str(param.device),
+               "threads": torch.get_num_threads(),
                **summarize(samples, scores), "seconds": round(seconds, 2), "config": asdict(cfg)}
     records = [{"id": s.id, "category": s.category, "question": s.question, "answer": s.answer,
                 "prediction": a, "score": sc} for s, a, sc in zip(samples, answers, scores)]
