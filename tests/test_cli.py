@@ -89,9 +89,10 @@ def test_repl_multi_turn_images_reset_and_bad_file(tiny, tmp_path, capsys, monke
     seen = []
     original = chat_module.InternVLChatModel.stream_chat
 
-    def spy(self, tokenizer, pixel_values, question, generation_config=None, history=None, num_patches_list=None):
+    def spy(self, tokenizer, pixel_values, question, generation_config=None, history=None, num_patches_list=None,
+            **kw):
         seen.append((question, len(history or []), None if pixel_values is None else pixel_values.shape[0]))
-        return original(self, tokenizer, pixel_values, question, generation_config, history, num_patches_list)
+        return original(self, tokenizer, pixel_values, question, generation_config, history, num_patches_list, **kw)
     monkeypatch.setattr(chat_module.InternVLChatModel, "stream_chat", spy)
     assert main(["chat", "--model", str(tiny), "--max-new-tokens", "4"]) == 0
     err = capsys.readouterr().err
@@ -116,3 +117,108 @@ def test_video_one_shot(tiny, tmp_path, capsys):
     (tmp_path / "bad.mp4").write_bytes(b"nope")
     assert main(["chat", "--model", str(tiny), "--video", str(tmp_path / "bad.mp4"), "x"]) == 2
     assert "bad.mp4" in capsys.readouterr().err
+
+
+# ---- hostile command lines: exit code 2 and one line, never a traceback; no command destroys a user's files
+
+def run_cli(args: list[str]) -> int:
+    try:
+        return main(args)
+    except SystemExit as e:  # argparse refuses before any command runs
+        return e.code
+
+
+def one_line(capsys) -> str:
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["chat", "--max-new-tokens", "-5", "hi"], "argument --max-new-tokens: must be >= 1, got -5"),
+    (["chat", "--temperature", "-1", "hi"], "argument --temperature: must be >= 0"),
+    (["chat", "--temperature", "nan", "hi"], "argument --temperature: must be a finite number"),
+    (["chat", "--top-p", "0", "hi"], "argument --top-p: must be in (0, 1]"),
+    (["chat", "--max-tiles", "0", "hi"], "argument --max-tiles: must be >= 1"),
+    (["chat", "--num-frames", "x", "hi"], "expected an integer, got 'x'"),
+    (["chat", "--device", "gpu9", "hi"], "argument --device"),
+    (["chat", "--dtype", "fp64", "hi"], "argument --dtype"),
+    (["eval", "shapes", "--n", "0"], "argument --n: must be >= 1"),
+    (["eval", "shapes", "--batch-size", "-1"], "argument --batch-size"),
+    (["serve", "--port", "99999"], "--port must be in 0..65535, got 99999"),
+    (["serve", "--allowed-local-media-path", "/nonexistent"], "/nonexistent: no such directory"),
+    (["serve", "--max-batch", "0"], "--max-batch must be >= 1"),
+    (["serve", "--media-timeout", "nan"], "--media-timeout must be a number of seconds > 0"),
+    (["serve", "--dtype", "fp64"], "--dtype must be auto or one of"),
+    (["serve", "--port", "http"], "invalid int value"),
+    (["convert", "a"], "the following arguments are required"),
+    (["train", "--model", "tiny-random", "--meta-path", "m.json", "--output-dir", "o", "--lr", "nan"],
+     "--lr must be a finite number"),
+    (["bogus"], "invalid choice"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, words, capsys):
+    assert run_cli(args) == 2
+    err = one_line(capsys)
+    assert words in err, err
+    assert not capsys.readouterr().out  # no banner, nothing started
+
+
+def test_serve_on_a_port_in_use_says_so_before_loading(capsys):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert run_cli(["serve", "--model", "/nonexistent", "--port", str(s.getsockname()[1])]) == 2
+    assert "cannot listen on 127.0.0.1" in one_line(capsys)  # before the model path was even looked at
+
+
+def test_chat_with_a_vanishing_temperature_and_a_fifo_image(tiny, tmp_path, capsys):
+    import os
+    assert run_cli(["chat", "--model", str(tiny), "--temperature", "1e-300", "--max-new-tokens", "3", "hi"]) == 0
+    capsys.readouterr()
+    os.mkfifo(tmp_path / "fifo.png")
+    assert run_cli(["chat", "--model", str(tiny), "--image", str(tmp_path / "fifo.png"), "hi"]) == 2
+    assert "is a FIFO, not a regular file" in one_line(capsys)
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path, capsys):
+    out = tmp_path / "empty"
+    args = ["train", "--model", "tiny-random", "--tokenizer", "byte", "--meta-path", str(tmp_path / "m.json"),
+            "--output-dir", str(out), "--resume", "--no-progress"]
+    assert run_cli(args) == 2
+    assert "holds no complete checkpoint to resume from" in one_line(capsys)
+    assert not out.exists()  # nothing was started
+
+
+def test_convert_never_destroys_a_users_files(tiny, tmp_path, capsys):
+    from internvl.checkpoint.loader import read_config
+    dst = tmp_path / "d"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("mine")
+    assert run_cli(["convert", str(tiny), str(dst), "--to", "hf"]) == 2
+    assert "is not empty (notes.txt)" in one_line(capsys) and sorted(os_listdir(dst)) == ["notes.txt"]
+    (tmp_path / "file").write_text("also mine")
+    assert run_cli(["convert", str(tiny), str(tmp_path / "file"), "--to", "hf"]) == 2
+    assert "is an existing file" in one_line(capsys) and (tmp_path / "file").read_text() == "also mine"
+    # --overwrite writes the checkpoint's files and touches nothing else; stale shards of an old save go
+    (dst / "sub").mkdir()
+    (dst / "sub" / "keep.txt").write_text("kept")
+    for stale in ("model-00001-of-00002.safetensors", "model.safetensors.index.json"):
+        (dst / stale).write_text("old")
+    assert run_cli(["convert", str(tiny), str(dst), "--to", "hf", "--overwrite"]) == 0
+    assert (dst / "notes.txt").read_text() == "mine" and (dst / "sub" / "keep.txt").read_text() == "kept"
+    assert not (dst / "model.safetensors.index.json").exists() and read_config(dst)[1] == "hf"
+    assert run_cli(["convert", str(tiny), str(tmp_path / "file"), "--to", "official", "--overwrite"]) == 0
+    assert read_config(tmp_path / "file")[1] == "official"
+    # in place, both ways: the model card stays
+    (dst / "README.md").write_text("# card")
+    for layout in ("official", "hf"):
+        assert run_cli(["convert", str(dst), str(dst), "--to", layout, "--overwrite"]) == 0
+        assert read_config(dst)[1] == layout and (dst / "README.md").read_text() == "# card"
+    capsys.readouterr()
+
+
+def os_listdir(path) -> list[str]:
+    import os
+    return os.listdir(path)

@@ -17,7 +17,7 @@ from .engine.engine import Engine
 from .engine.sampling import SamplingParams
 from .errors import ImageTokenMismatchError
 from .models.internvl import InternVL
-from .processing.prompt import IMG_CONTEXT_TOKEN, build_query
+from .processing.prompt import IMG_CONTEXT_TOKEN, build_query, tokenize_query
 from .processing.templates import get_template, stop_strings
 from .processing.tokenizer import Tokenizer
 
@@ -43,24 +43,29 @@ class InternVLChatModel(InternVL):
                       max_batch=min(len(prompts), 8), eos_token_ids=[tokenizer.convert_tokens_to_ids(self._stop())],
                       max_len=max(len(p) for p in prompts) + max(params.max_new_tokens, 1))
 
-    def _run(self, tokenizer: Tokenizer, queries: list[str], pixel_values: list[torch.Tensor | None],
+    def _run(self, tokenizer: Tokenizer, prompts: list[list[int]], pixel_values: list[torch.Tensor | None],
              generation_config: dict | None) -> list[str]:
         params = SamplingParams.from_generation_config(generation_config)
-        prompts = [tokenizer(q, return_tensors=None)["input_ids"] for q in queries]
         seqs = self._engine(tokenizer, prompts, params).generate([(p, pv, params) for p, pv in zip(prompts, pixel_values)])
         return [self._answer(tokenizer, s.output_ids) for s in seqs]
 
+    def _prompt(self, tokenizer: Tokenizer, question: str, history, num_patches_list, special_tokens_in_text: bool
+                ) -> list[int]:
+        """The prompt's ids; control tokens spelled in the question or history are plain text unless
+        `special_tokens_in_text` (the official chat() reads them as control tokens)."""
+        return tokenize_query(tokenizer, self._template(), question, history, num_patches_list, self.num_image_token,
+                              self._system(), special_tokens_in_text=special_tokens_in_text)
+
     def stream_chat(self, tokenizer: Tokenizer, pixel_values: torch.Tensor | None, question: str,
                     generation_config: dict | None = None, history: list[tuple[str, str]] | None = None,
-                    num_patches_list: list[int] | None = None) -> Iterator[str]:
+                    num_patches_list: list[int] | None = None, *, special_tokens_in_text: bool = False
+                    ) -> Iterator[str]:
         """Like `chat()`, but yields the answer as it is generated (chunks join to the full text)."""
         self._bind(tokenizer)
         if num_patches_list is None:
             num_patches_list = [pixel_values.shape[0]] if pixel_values is not None else []
-        query = build_query(self._template(), question, history, num_patches_list, self.num_image_token,
-                            self._system())
         params = SamplingParams.from_generation_config(generation_config)
-        prompt = tokenizer(query, return_tensors=None)["input_ids"]
+        prompt = self._prompt(tokenizer, question, history, num_patches_list, special_tokens_in_text)
         yield from self._engine(tokenizer, [prompt], params).stream(prompt, pixel_values, params)
 
     def _bind(self, tokenizer: Tokenizer) -> None:
@@ -73,26 +78,33 @@ class InternVLChatModel(InternVL):
     def chat(self, tokenizer: Tokenizer, pixel_values: torch.Tensor | None, question: str,
              generation_config: dict | None = None, history: list[tuple[str, str]] | None = None,
              return_history: bool = False, num_patches_list: list[int] | None = None,
-             verbose: bool = False) -> str | tuple[str, list[tuple[str, str]]]:
-        """Answer `question` about the tiles in `pixel_values` (N, 3, S, S), optionally continuing `history`."""
+             verbose: bool = False, *, special_tokens_in_text: bool = False
+             ) -> str | tuple[str, list[tuple[str, str]]]:
+        """Answer `question` about the tiles in `pixel_values` (N, 3, S, S), optionally continuing `history`.
+
+        Control tokens spelled in `question` or `history` (`<|im_start|>`, ...) are tokenized as plain text,
+        so text cannot forge a turn; `special_tokens_in_text=True` reads them as control tokens, as the
+        official chat() does. Without them in the text both give the same ids.
+        """
         self._bind(tokenizer)
         if num_patches_list is None:
             num_patches_list = [pixel_values.shape[0]] if pixel_values is not None else []
         if pixel_values is not None and pixel_values.shape[0] != sum(num_patches_list):
             raise ImageTokenMismatchError(f"pixel_values has {pixel_values.shape[0]} tiles but num_patches_list "
                                           f"sums to {sum(num_patches_list)}")
-        query, question = build_query(self._template(), question, history, num_patches_list,
+        query, recorded = build_query(self._template(), question, history, num_patches_list,
                                       self.num_image_token, self._system(), return_question=True)
-        (response,) = self._run(tokenizer, [query], [pixel_values], generation_config)
+        prompt = self._prompt(tokenizer, question, history, num_patches_list, special_tokens_in_text)
+        (response,) = self._run(tokenizer, [prompt], [pixel_values], generation_config)
         if verbose:
             print(query.replace(IMG_CONTEXT_TOKEN, "").replace("<img></img>", "<image>"), response)
-        history = list(history or []) + [(question, response)]
+        history = list(history or []) + [(recorded, response)]
         return (response, history) if return_history else response
 
     def batch_chat(self, tokenizer: Tokenizer, pixel_values: torch.Tensor | None, questions: list[str],
                    generation_config: dict | None = None, num_patches_list: list | None = None,
-                   history: None = None, return_history: bool = False, image_counts: list | None = None
-                   ) -> list[str]:
+                   history: None = None, return_history: bool = False, image_counts: list | None = None,
+                   *, special_tokens_in_text: bool = False) -> list[str]:
         """Answer several questions in one left-padded batch.
 
         `num_patches_list[i]` is the tile count of question i's image, or a list of tile counts when the
@@ -112,13 +124,12 @@ class InternVLChatModel(InternVL):
         if pixel_values is not None and pixel_values.shape[0] != total:
             raise ImageTokenMismatchError(f"pixel_values has {pixel_values.shape[0]} tiles but num_patches_list "
                                           f"sums to {total}")
-        queries = [build_query(self._template(), q, None, p if pixel_values is not None else [],
-                               self.num_image_token, self._system())
+        prompts = [self._prompt(tokenizer, q, None, p if pixel_values is not None else [], special_tokens_in_text)
                    for q, p in zip(questions, per_question)]
         tiles = [sum(p) for p in per_question]
         starts = [sum(tiles[:i]) for i in range(len(tiles))]
         images = [pixel_values[a:a + n] if pixel_values is not None and n else None for a, n in zip(starts, tiles)]
-        return self._run(tokenizer, queries, images, generation_config)
+        return self._run(tokenizer, prompts, images, generation_config)
 
 
 def from_pretrained(path_or_repo: str | os.PathLike, dtype: torch.dtype | None = None,
@@ -137,9 +148,10 @@ class ChatSession:
     next question (`Image-k: <image>` lines when several), history and all images so far are kept."""
 
     def __init__(self, model: InternVLChatModel, tokenizer: Tokenizer, generation_config: dict,
-                 max_tiles: int | None = None) -> None:
+                 max_tiles: int | None = None, special_tokens_in_text: bool = False) -> None:
         self.model, self.tokenizer, self.generation_config = model, tokenizer, generation_config
         self.max_tiles = max_tiles or model.config.max_dynamic_patch
+        self.special_tokens_in_text = special_tokens_in_text
         self.reset()
 
     def reset(self) -> None:
@@ -176,7 +188,8 @@ class ChatSession:
         pixel_values = torch.cat(self.tiles) if self.tiles else None
         answer = []
         for chunk in self.model.stream_chat(self.tokenizer, pixel_values, question, self.generation_config,
-                                            history=self.history, num_patches_list=[t.shape[0] for t in self.tiles]):
+                                            history=self.history, num_patches_list=[t.shape[0] for t in self.tiles],
+                                            special_tokens_in_text=self.special_tokens_in_text):
             answer.append(chunk)
             yield chunk
         self.history.append((question, "".join(answer).strip()))

@@ -1,7 +1,7 @@
 """The `internvl` command: a table of subcommands, each a small function over parsed arguments.
 
-Only this module prints. Every expected failure (bad path, corrupt image, wrong layout) ends with one
-`error: ...` line and exit code 2 instead of a traceback.
+Only this module prints. Every expected failure (bad path, corrupt image, wrong layout, a flag out of range)
+ends with one `error: ...` line and exit code 2 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import logging
 import sys
 from collections.abc import Callable
 
+from .argtypes import Parser, device, non_negative_float, positive_int, probability
 from .errors import InternVLError
 from .tiny import DEFAULT_MODEL
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
     from .checkpoint.loader import convert
-    out = convert(args.src, args.dst, args.to)
+    out = convert(args.src, args.dst, args.to, overwrite=args.overwrite)
     print(f"wrote {args.to} checkpoint to {out}")
 
 
@@ -57,7 +58,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
         quantize_int8(model)
     gen = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0,
            "temperature": args.temperature, "top_p": args.top_p}
-    session = ChatSession(model, tokenizer, gen, max_tiles=args.max_tiles)
+    session = ChatSession(model, tokenizer, gen, max_tiles=args.max_tiles,
+                          special_tokens_in_text=args.special_tokens_in_text)
     for path in args.image:
         session.add_image(path)
     if args.video:
@@ -110,15 +112,18 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_merge_lora(args: argparse.Namespace) -> None:
+    from .checkpoint.loader import check_destination
     from .train.lora import merge_adapter
+    check_destination(args.output, args.overwrite)
     out = merge_adapter(args.adapter, args.output, model=args.model, tokenizer=args.tokenizer)
     print(f"wrote merged checkpoint to {out}")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve.config import from_args
-    from .serve.server import banner, build_app, run
+    from .serve.server import banner, build_app, check_port, run
     config = from_args(args)
+    check_port(config.host, config.port)  # before minutes of loading, not after
     app, name = build_app(config)
     print(banner(config, name), flush=True)
     run(app, config)
@@ -128,7 +133,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .eval.report import format_table
     from .eval.runner import evaluate, from_args
     summary = evaluate(from_args(args))
-    print(f"{summary['task']}: {summary['n']} held-out samples, model {summary['model']}, {summary['seconds']:.1f}s")
+    print(f"{summary['task']}: {summary['n']} held-out samples, model {summary['model']} ({summary['dtype']} on "
+          f"{summary['device']}), {summary['seconds']:.1f}s")
     print(format_table(summary))
     print(f"wrote predictions.jsonl, summary.json and accuracy.png to {summary['out']}")
 
@@ -146,7 +152,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="internvl", description="Run, convert and inspect InternVL models.")
+    parser = Parser(prog="internvl", description="Run, convert and inspect InternVL models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
@@ -155,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("src", help="checkpoint directory or Hub repo id")
             p.add_argument("dst", help="output directory")
             p.add_argument("--to", choices=["official", "hf"], required=True, help="layout to write")
+            p.add_argument("--overwrite", action="store_true",
+                           help="write into an existing non-empty directory (replacing only the checkpoint's own "
+                                "files) or over an existing file")
         elif name == "eval":
             from .eval.runner import add_arguments as add_eval_arguments
             add_eval_arguments(p)
@@ -169,13 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
                            help="checkpoint directory or Hub repo id (default: the shipped tiny model)")
             p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
             p.add_argument("--video", help="video file (frames become Frame-1: <image> ...)")
-            p.add_argument("--num-frames", type=int, default=8, help="frames sampled from --video")
-            p.add_argument("--max-tiles", type=int, default=None, help="most tiles per image (default: config)")
-            p.add_argument("--max-new-tokens", type=int, default=256)
-            p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-            p.add_argument("--top-p", type=float, default=1.0)
-            p.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU has it, else fp32), bf16, fp32")
-            p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+            p.add_argument("--num-frames", type=positive_int, default=8, help="frames sampled from --video")
+            p.add_argument("--max-tiles", type=positive_int, default=None, help="most tiles per image (default: config)")
+            p.add_argument("--max-new-tokens", type=positive_int, default=256)
+            p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+            p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling mass, in (0, 1]")
+            from .runtime import DTYPES
+            p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                           help="auto (bf16 where the CPU has it, else fp32), bf16, fp32")
+            p.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when available)")
+            p.add_argument("--special-tokens-in-text", action="store_true",
+                           help="read control tokens spelled in the question (<|im_start|>, ...) as control tokens, "
+                                "not as text (the official chat()'s behaviour)")
             p.add_argument("--quantize", choices=["none", "int8"], default="none",
                            help="weight-only int8 for the LLM's linear layers")
         elif name in ("train", "merge-lora"):

@@ -401,14 +401,15 @@ class InternVLConfig:
 
     # ---------------- -hf layout ----------------
     _HF_TOP = frozenset("""vision_config text_config image_token_id image_seq_length downsample_ratio
-        vision_feature_layer projector_hidden_act tie_word_embeddings""".split())
+        vision_feature_layer projector_hidden_act tie_word_embeddings template system_message""".split())
 
     @classmethod
     def from_hf(cls, d: dict, **image_settings: Any) -> InternVLConfig:
         """Read a `-hf` `config.json` dict (`InternVLForConditionalGeneration`).
 
-        The -hf config has no template or tiling settings (they live in the processor files); pass them
-        as keyword arguments, otherwise the InternVL2.5+ defaults apply.
+        The -hf config has no tiling settings (they live in the processor files); pass them as keyword
+        arguments, otherwise the InternVL2.5+ defaults apply. `template` and `system_message` are read when
+        this project wrote them (transformers keeps unknown keys); keyword arguments take precedence.
         """
         if "vision_config" not in d or "text_config" not in d:
             raise ConfigError("not a -hf InternVL config: needs 'vision_config' and 'text_config'")
@@ -420,11 +421,15 @@ class InternVLConfig:
             raise ConfigError("a list vision_feature_layer is not an InternVL setting")
         text = dict(d["text_config"])
         text.setdefault("tie_word_embeddings", d.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+        settings = {k: d[k] for k in ("template", "system_message") if d.get(k) is not None}
+        settings.update(image_settings)
         return cls(vision=VisionConfig.from_hf(d["vision_config"]), llm=LLMConfig.from_dict(text),
                    select_layer=layer, downsample_ratio=d.get("downsample_ratio", 0.5), ps_version="v2",
-                   image_token_id=d.get("image_token_id"), **image_settings)
+                   image_token_id=d.get("image_token_id"), **settings)
 
     def to_hf(self) -> dict:
+        """The -hf `config.json`; the tiling settings go to the processor files (see checkpoint/loader.py).
+        `template` (and `system_message`) are ours, kept so that a conversion back restores them."""
         if self.ps_version != "v2":
             raise ConfigError("the -hf layout only has pixel shuffle v2; this model uses ps_version 'v1'")
         if self.llm.architecture not in HF_MODEL_TYPES:
@@ -435,5 +440,6 @@ class InternVLConfig:
             "image_token_id": self.image_token_id, "image_seq_length": self.num_image_token,
             "downsample_ratio": self.downsample_ratio, "vision_feature_layer": self.select_layer,
             "vision_feature_select_strategy": "default", "projector_hidden_act": "gelu",
-            "tie_word_embeddings": self.llm.tie_word_embeddings,
+            "tie_word_embeddings": self.llm.tie_word_embeddings, "template": self.template,
+            **({"system_message": self.system_message} if self.system_message is not None else {}),
         }

@@ -46,3 +46,11 @@ class TemplateError(InternVLError, KeyError):
 
 class DataError(InternVLError, ValueError):
     """A training record or dataset description is malformed; the message starts with `file:line` (or the key)."""
+
+
+class ImageSizeError(InternVLError, ValueError):
+    """Image tiles (pixel_values) whose shape is not the model's (N, 3, tile, tile)."""
+
+
+class GenerationError(InternVLError, RuntimeError):
+    """A request failed inside the engine (the requests batched beside it went on)."""

@@ -153,3 +153,51 @@ def test_saved_checkpoint_has_the_permissions_of_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o755
     assert {stat.S_IMODE(f.stat().st_mode) for f in path.iterdir()} == {0o644}
+
+
+def test_every_image_setting_survives_official_hf_official(tmp_path):
+    """In the -hf layout the tiling settings live in the processor files, where transformers' InternVL
+    processor reads them; converting there and back restores the official config.json exactly."""
+    from internvl.checkpoint.loader import read_config
+    from internvl.models.internvl import InternVL
+    from internvl.presets import PRESETS
+    cfg = PRESETS["tiny-random"].config.replace(image_token_id=7, max_dynamic_patch=3, min_dynamic_patch=2,
+                                                use_thumbnail=False, force_image_size=112, template="Hermes-2",
+                                                system_message="Be terse.")
+    official = save_checkpoint(InternVL(cfg), tmp_path / "official", "official")
+    hf = convert(official, tmp_path / "hf", "hf")
+    back = convert(hf, tmp_path / "back", "official")
+    assert read_config(hf) == (cfg, "hf") and read_config(back) == (cfg, "official")
+    assert json.loads((back / "config.json").read_text()) == json.loads((official / "config.json").read_text())
+    pre = json.loads((hf / "preprocessor_config.json").read_text())
+    assert (pre["max_patches"], pre["min_patches"], pre["size"], pre["use_thumbnail"]) == \
+        (3, 2, {"height": 112, "width": 112}, False)
+    assert json.loads((hf / "processor_config.json").read_text())["image_seq_length"] == cfg.num_image_token
+    transformers = pytest.importorskip("transformers")
+    processor = transformers.AutoImageProcessor.from_pretrained(hf)
+    assert (processor.max_patches, processor.min_patches, processor.size.height, processor.crop_to_patches) == \
+        (3, 2, 112, True)
+    # a -hf checkpoint's own processor keys are kept when it is re-saved, ours updated
+    pre["do_convert_rgb"], pre["max_patches"] = False, 12
+    (hf / "preprocessor_config.json").write_text(json.dumps(pre))
+    model, _, _ = load_model(hf)
+    again = save_checkpoint(model, tmp_path / "hf2", "hf", side_files_from=hf)
+    pre2 = json.loads((again / "preprocessor_config.json").read_text())
+    assert pre2["do_convert_rgb"] is False and pre2["max_patches"] == 12
+
+
+def test_save_into_an_existing_directory_keeps_other_files(tmp_path):
+    from internvl.models.internvl import InternVL
+    from internvl.presets import PRESETS
+    model = InternVL(PRESETS["tiny-random"].config)
+    d = tmp_path / "ckpt"
+    save_checkpoint(model, d, "official", max_shard_bytes=200_000)  # sharded
+    assert (d / "model.safetensors.index.json").exists()
+    (d / "README.md").write_text("card")
+    save_checkpoint(model, d, "official")  # one file now: the old shards and their index are gone
+    names = sorted(p.name for p in d.iterdir())
+    assert names == ["README.md", "config.json", "model.safetensors"], names
+    assert load_model(d)[2] == "official"
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        save_checkpoint(model, tmp_path / "f", "official")

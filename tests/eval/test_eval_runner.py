@@ -121,3 +121,31 @@ def test_cli_eval_prints_the_table_and_writes_files(checkpoint, tmp_path, capsys
     assert main(["eval", "shapes", "--model", str(checkpoint), "--n", "2", "--out", str(out), "--no-blind",
                  "--max-tiles", "1", "--max-new-tokens", "1"]) == 0
     assert "blind" not in json.loads((out / "summary.json").read_text())
+
+
+def test_progress_bar_on_stderr_and_the_chart_title_keeps_its_spaces(tiny, tmp_path, capsys):
+    model, tok = tiny
+    runner.evaluate(runner.EvalConfig(n=7, out=str(tmp_path), blind=False, progress=True, **FAST), model, tok)
+    err = capsys.readouterr().err
+    assert "shapes: " in err and "7/7" in err  # tqdm's bar, total reached
+    runner.evaluate(runner.EvalConfig(n=7, out=str(tmp_path), blind=False, progress=False, **FAST), model, tok)
+    assert "7/7" not in capsys.readouterr().err
+    # Pillow's default font advances a space by ~1 px at small sizes ("accuracyon"): words are spaced by hand
+    from PIL import ImageDraw, ImageFont
+
+    from internvl.eval.report import _text
+    font = ImageFont.load_default(size=14)
+
+    def inked_width(text: str) -> int:
+        img = Image.new("L", (400, 30), 0)
+        _text(ImageDraw.Draw(img), (0, 0), text, font)
+        return img.getbbox()[2]
+    assert inked_width("held-out samples") >= inked_width("held-outsamples") + 4
+
+
+def test_bad_eval_flags_exit_2(capsys):
+    for flags in (["--n", "0"], ["--max-new-tokens", "-1"], ["--max-tiles", "0"], ["--device", "tpu"]):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "shapes", *flags])
+        assert e.value.code == 2
+        assert capsys.readouterr().err.count("\n") == 1

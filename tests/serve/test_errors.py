@@ -5,25 +5,14 @@ from __future__ import annotations
 
 import base64
 import os
-import struct
-import zlib
 
 import httpx
 import pytest
 from PIL import Image
-from serve_helpers import MODEL_NAME, data_uri, image_part, png_bytes, running_server, text_part
+from serve_helpers import MODEL_NAME, data_uri, image_part, png_bytes, png_claiming, running_server, text_part
 
 MAX_LEN = 1024
 GOOD = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2, "temperature": 0}
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A few-hundred-byte PNG whose header claims width x height pixels (a decompression bomb's shape)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-            + chunk(b"IEND", b""))
 
 
 def noise_png(side: int) -> bytes:

@@ -97,3 +97,17 @@ def test_hf_export_gives_transformers_the_same_greedy_answers(shipped, tmp_path)
                               eos_token_id=end, pad_token_id=end)
         theirs = tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True).strip()
         assert theirs == our_answer.strip(), (q.question, q.images)
+
+
+def test_official_to_hf_and_back_keeps_every_setting_and_answer(shipped, tmp_path):
+    """Converting used to drop max_dynamic_patch (6 -> the -hf default 12) and force_image_size, which changed
+    the tiling and so the answers to half the example questions."""
+    from internvl.checkpoint.loader import convert, read_config
+    hf = convert(MODEL_DIR, tmp_path / "hf", "hf")
+    back = convert(hf, tmp_path / "back", "official")
+    assert read_config(hf)[0] == shipped[0].config == read_config(back)[0]
+    assert json.loads((back / "config.json").read_text()) == json.loads((MODEL_DIR / "config.json").read_text())
+    examples = load_examples()
+    want = answer_examples(*shipped, examples)
+    for directory in (hf, back):
+        assert answer_examples(*from_pretrained(directory, dtype=torch.float32), examples) == want, directory

@@ -4,6 +4,16 @@ Spec section 2. The model is built on the meta device, every tensor it needs is 
 memory-mapped shards, converted by the layout's rules, checked for shape, and assigned (never copied
 into a second full model). Missing and unexpected checkpoint keys are reported by name before any
 tensor is read.
+
+The -hf layout keeps the image settings where transformers' `InternVLProcessor` reads them: tile size,
+tile counts and dynamic tiling in `preprocessor_config.json` (its `GotOcr2ImageProcessor` keys `size`,
+`min_patches`, `max_patches`, `crop_to_patches`, plus our `use_thumbnail`, which transformers ignores: it
+always adds the thumbnail), tokens per tile in `processor_config.json`; the template in `config.json`. So
+official -> hf -> official restores every setting, and the same images give the same tiles and answers.
+
+Saving never deletes a user's files: a checkpoint written into an existing directory replaces only the files
+it writes (and weight shards of an earlier save that would contradict them); `convert` refuses a non-empty
+destination unless asked to overwrite.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,7 +32,7 @@ from ..config import InternVLConfig
 from ..errors import CheckpointError, ConfigError
 from ..models.internvl import InternVL
 from . import keymaps
-from .safetensors_io import TensorReader, write_sharded
+from .safetensors_io import INDEX, TensorReader, write_sharded
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +43,13 @@ SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.jso
               "chat_template.json", "preprocessor_config.json", "processor_config.json")
 # `internvl train` writes this file beside its checkpoint-STEP dirs, naming the newest complete one.
 LATEST_POINTER = "latest"
-# Default template for -hf checkpoints, whose config does not name one.
+# Default template for -hf checkpoints whose config does not name one (those not written by this project).
 _HF_TEMPLATES = {"InternLM2ForCausalLM": "internlm2-chat", "Phi3ForCausalLM": "phi3-chat"}
+PREPROCESSOR, PROCESSOR = "preprocessor_config.json", "processor_config.json"
+# The weight files of a checkpoint: an earlier save's that the new one does not rewrite are stale.
+_WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors|" + re.escape(INDEX))
+# ImageNet normalization and PIL's bicubic filter (3): what every InternVL image processor uses.
+_IMAGE_NORM = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 
 
 def latest_name(run_dir: Path) -> str | None:
@@ -85,21 +101,61 @@ def read_config(directory: str | os.PathLike) -> tuple[InternVLConfig, str]:
 
 
 def _hf_image_settings(directory: Path, d: dict) -> dict:
-    """Tiling settings of a -hf checkpoint live in its processor files."""
-    arch = (d["text_config"].get("architectures") or [""])[0]
-    settings: dict = {"template": _HF_TEMPLATES.get(arch, "internvl2_5")}
-    for name in ("preprocessor_config.json", "processor_config.json"):
+    """Tiling settings of a -hf checkpoint live in its processor files (see the module docstring)."""
+    settings: dict = {}
+    if "template" not in d:
+        arch = (d["text_config"].get("architectures") or [""])[0]
+        settings["template"] = _HF_TEMPLATES.get(arch, "internvl2_5")
+    for name in (PREPROCESSOR, PROCESSOR):
         f = directory / name
         if f.exists():
-            p = json.loads(f.read_text())
-            p = p.get("image_processor", p)
+            try:
+                p = json.loads(f.read_text())
+            except ValueError as e:
+                raise CheckpointError(f"{f}: invalid JSON ({e})") from e
+            p = p.get("image_processor", p) if isinstance(p, dict) else {}
             if "max_patches" in p:
                 settings["max_dynamic_patch"] = p["max_patches"]
             if "min_patches" in p:
                 settings["min_dynamic_patch"] = p["min_patches"]
             if "crop_to_patches" in p:
                 settings["dynamic_image_size"] = p["crop_to_patches"]
+            if "use_thumbnail" in p:
+                settings["use_thumbnail"] = p["use_thumbnail"]
+            size = p.get("size")
+            if isinstance(size, dict) and size.get("height"):
+                if size.get("width", size["height"]) != size["height"]:
+                    raise CheckpointError(f"{f}: tiles of {size['width']}x{size['height']} are not square")
+                settings["force_image_size"] = size["height"]
     return settings
+
+
+def hf_processor_files(cfg: InternVLConfig, directory: Path | None = None) -> dict[str, dict]:
+    """The -hf processor files for `cfg`: the image settings in `preprocessor_config.json`, the tokens per
+    tile in `processor_config.json`. Other keys of `directory`'s -hf versions of them are kept (an official
+    checkpoint's CLIP-style preprocessor_config.json is replaced)."""
+    image = {"image_processor_type": "GotOcr2ImageProcessor", "processor_class": "InternVLProcessor",
+             "crop_to_patches": cfg.dynamic_image_size, "min_patches": cfg.min_dynamic_patch,
+             "max_patches": cfg.max_dynamic_patch, "use_thumbnail": cfg.use_thumbnail,
+             "size": {"height": cfg.image_size, "width": cfg.image_size}}
+    defaults = {"do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
+                "do_normalize": True, **_IMAGE_NORM, "do_convert_rgb": True}
+    old_image = _read_json(directory / PREPROCESSOR) if directory is not None else {}
+    if not str(old_image.get("image_processor_type", "")).startswith("GotOcr2"):
+        old_image = {}
+    processor = _read_json(directory / PROCESSOR) if directory is not None else {}
+    processor.update(processor_class="InternVLProcessor", image_seq_length=cfg.num_image_token)
+    if isinstance(processor.get("image_processor"), dict):  # the nested form: keep it in agreement
+        processor["image_processor"] = {**processor["image_processor"], **image}
+    return {PREPROCESSOR: {**defaults, **old_image, **image}, PROCESSOR: processor}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 def _rules(cfg: InternVLConfig, layout: str) -> list[keymaps.Rule]:
@@ -160,10 +216,14 @@ def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype | None = None
 def save_checkpoint(model: InternVL, directory: str | os.PathLike, layout: str = OFFICIAL,
                     side_files_from: str | os.PathLike | None = None,
                     max_shard_bytes: int = 5 * 1024 ** 3) -> Path:
-    """Write config.json + safetensors shards (+ tokenizer files copied from `side_files_from`).
+    """Write config.json + safetensors shards (+ tokenizer files copied from `side_files_from`; + the
+    processor files in the -hf layout).
 
-    The directory is written under a temporary name and renamed into place, so an interrupted save never
-    leaves a half-written checkpoint behind.
+    Everything is staged under a temporary name first. A new directory is then renamed into place whole,
+    so an interrupted save never leaves a half-written checkpoint behind. Into an existing directory the
+    staged files are moved one by one (config.json last), after removing weight files of an earlier save
+    that the new ones do not replace (a stale shard index would point at the old weights); every other
+    file there (a model card, notes, sub-folders) is left as it was.
     """
     if layout not in (OFFICIAL, HF):
         raise ConfigError(f"layout must be 'official' or 'hf', got {layout!r}")
@@ -172,6 +232,8 @@ def save_checkpoint(model: InternVL, directory: str | os.PathLike, layout: str =
     if layout == HF and cfg.image_token_id is None:
         raise ConfigError("the -hf layout needs image_token_id (the <IMG_CONTEXT> id); set it in the config")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"{directory} is a file, not a directory")
     state = model.state_dict()
     steps = keymaps.plan(_rules(cfg, layout), list(state))
 
@@ -188,21 +250,31 @@ def save_checkpoint(model: InternVL, directory: str | os.PathLike, layout: str =
         if side_files_from is not None:
             for name in SIDE_FILES:
                 src = Path(side_files_from) / name
-                if src.exists():
+                if src.is_file():
                     shutil.copy2(src, tmp / name)
+        if layout == HF:
+            for name, content in hf_processor_files(cfg, tmp).items():
+                (tmp / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
         _usual_permissions(tmp)
         if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
+            _move_into(tmp, directory)
+            tmp.rmdir()
         else:
             os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _move_into(staged: Path, directory: Path) -> None:
+    """Move the staged checkpoint files into an existing directory, touching no other file there."""
+    names = {f.name for f in staged.iterdir()}
+    for f in directory.iterdir():
+        if _WEIGHT_FILE.fullmatch(f.name) and f.name not in names and f.is_file():
+            f.unlink()
+    for name in sorted(names, key=lambda n: n == "config.json"):  # config.json last
+        os.replace(staged / name, directory / name)
 
 
 def _usual_permissions(directory: Path) -> None:
@@ -216,12 +288,41 @@ def _usual_permissions(directory: Path) -> None:
             os.chmod(f, 0o666 & ~umask)
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> Path:
-    """Re-save a checkpoint in the other layout; tensors pass through unchanged in value and dtype."""
+def check_destination(dst: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse to write a checkpoint over a user's files unless `overwrite`: an existing file, or a directory
+    that is not empty. (With `overwrite`, `save_checkpoint` still replaces only the checkpoint's own files.)"""
+    dst = Path(dst)
+    if overwrite:
+        return
+    if dst.is_dir():
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in dst.iterdir())
+        if entries:
+            shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+            raise CheckpointError(f"{dst} is not empty ({shown}); pass --overwrite to write the checkpoint's files "
+                                  "into it (other files are left alone), or choose a new directory")
+    elif dst.exists() or dst.is_symlink():
+        raise CheckpointError(f"{dst} is an existing file; pass --overwrite to replace it with the checkpoint "
+                              "directory, or choose a new directory")
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, overwrite: bool = False) -> Path:
+    """Re-save a checkpoint in the other layout; tensors pass through unchanged in value and dtype, and every
+    image setting with them (see the module docstring).
+
+    Raises:
+        CheckpointError: `dst` is an existing file or a non-empty directory and not `overwrite` (checked
+            before anything is loaded).
+    """
+    if to not in (OFFICIAL, HF):
+        raise ConfigError(f"the layout to convert to must be 'official' or 'hf', got {to!r}")
+    check_destination(dst, overwrite)
     model, directory, layout = load_model(src)
     if to == HF and model.config.image_token_id is None:
         from ..processing.tokenizer import Tokenizer
         token_id = Tokenizer.from_pretrained(directory).convert_tokens_to_ids("<IMG_CONTEXT>")
         model.config = model.config.replace(image_token_id=token_id)
     logger.info("converting %s (%s layout) -> %s (%s layout)", directory, layout, dst, to)
+    dst = Path(dst)
+    if overwrite and (dst.is_file() or dst.is_symlink()):
+        dst.unlink()  # asked for: the file gives way to the checkpoint directory
     return save_checkpoint(model, dst, to, side_files_from=directory)

@@ -6,21 +6,28 @@ then advances every other running request by one token in a single batched decod
 prefill token budget, so a burst of long (image) prompts delays running streams by one bounded step,
 not by all of them. Requests carry their own sampling parameters and stop rules; finished requests free
 their slot at once, so new ones join between decode steps.
+
+A failure is confined to the request that causes it: a row that cannot be sampled ends only its own request,
+and when a batched forward raises, its requests are retried one by one (the cache rolled back first), so
+only those that fail on their own end with `finish_reason == "error"`; the others go on.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-from ..errors import ContextTooLongError
+from ..errors import ContextTooLongError, GenerationError, ImageSizeError
 from ..models.internvl import InternVL
 from ..runtime import matmul_mode
 from .kv_cache import KVCache
 from .sampling import SamplingParams, sample
 from .sequence import Sequence
+
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -55,6 +62,8 @@ class Engine:
     def submit(self, prompt_ids: list[int], pixel_values: torch.Tensor | None = None,
                params: SamplingParams | None = None) -> Sequence:
         params = params or SamplingParams()
+        if pixel_values is not None:
+            self._check_tiles(pixel_values)
         seq = Sequence(list(prompt_ids), params, pixel_values)
         if len(seq.prompt_ids) + max(params.max_new_tokens, 1) > self.max_len:
             raise ContextTooLongError(f"prompt of {len(seq.prompt_ids)} tokens + max_new_tokens "
@@ -65,6 +74,14 @@ class Engine:
             seq.generator = torch.Generator(device=self.device).manual_seed(params.seed)
         self.waiting.append(seq)
         return seq
+
+    def _check_tiles(self, pixel_values: torch.Tensor) -> None:
+        size = self.model.config.image_size
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
+            raise ImageSizeError(
+                f"pixel_values have shape {tuple(pixel_values.shape)}, but this model takes tiles of shape "
+                f"(N, 3, {size}, {size}): its tile size (config.image_size) is {size}px; load images with "
+                f"internvl.load_image(path, input_size={size})")
 
     def cancel(self, seq: Sequence) -> None:
         """Stop a request now (e.g. its client went away) and free its cache slot."""
@@ -86,9 +103,32 @@ class Engine:
         if admitted:
             self._prefill(admitted)
         if decoding:
-            self._decode(decoding)
+            self._isolated(decoding, self._decode)
         self._retire()
         return admitted + decoding
+
+    def _isolated(self, seqs: list[Sequence], forward: Callable[[list[Sequence]], None]) -> None:
+        """Run `forward` over `seqs` together; if it raises, run each alone, so that only the sequences that
+        fail on their own fail. `forward` must leave the cache as it found it when it raises."""
+        try:
+            forward(seqs)
+            return
+        except Exception as e:
+            if len(seqs) == 1:
+                self._fail(seqs[0], e)
+                return
+            log.warning("a batched step of %d requests failed (%s: %s); running them one by one", len(seqs),
+                        type(e).__name__, e)
+        for seq in seqs:
+            try:
+                forward([seq])
+            except Exception as e:
+                self._fail(seq, e)
+
+    @staticmethod
+    def _fail(seq: Sequence, e: Exception) -> None:
+        log.warning("request %d failed in the engine: %s: %s", seq.id, type(e).__name__, e, exc_info=e)
+        seq.fail(f"{type(e).__name__}: {e}")
 
     def _admit(self) -> list[Sequence]:
         """Waiting requests for free slots, while their padded prompt tokens stay within the budget."""
@@ -103,47 +143,86 @@ class Engine:
         return admitted
 
     def _prefill(self, seqs: list[Sequence]) -> None:
+        embeds: dict[int, torch.Tensor] = {}
         for seq in seqs:
             seq.slot = self.cache.allocate()
             self.running.append(seq)
             if seq.params.max_new_tokens == 0:
                 seq.finish_reason = "length"
-        seqs = [s for s in seqs if not s.finished]
-        if not seqs:
-            return
+                continue
+            try:
+                embeds[seq.id] = self._embed(seq)
+            except Exception as e:  # e.g. image features that do not match the prompt: this request only
+                self._fail(seq, e)
+        ready = [s for s in seqs if not s.finished]
+        if ready:
+            self._isolated(ready, lambda group: self._prefill_rows(group, embeds))
+
+    def _embed(self, seq: Sequence) -> torch.Tensor:
+        """The prompt's input embeddings (T, D), its images encoded (once) and written over <IMG_CONTEXT>."""
+        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        if seq.pixel_values is not None and seq.image_features is None:
+            seq.image_features = self.model.extract_feature(seq.pixel_values.to(self.device, self.dtype))
+        embeds = self.model.embed(ids, image_features=seq.image_features)[0].to(self.dtype)
+        seq.image_features = seq.pixel_values = None  # used once; free the memory
+        return embeds
+
+    def _prefill_rows(self, seqs: list[Sequence], embeds: dict[int, torch.Tensor]) -> None:
+        """One right-padded forward over these prompts, then each one's first token."""
         lengths = [len(s.prompt_ids) for s in seqs]
-        embeds = torch.zeros(len(seqs), max(lengths), self.model.config.llm.hidden_size,
-                             dtype=self.dtype, device=self.device)
+        batch = torch.zeros(len(seqs), max(lengths), self.model.config.llm.hidden_size, dtype=self.dtype,
+                            device=self.device)
         for row, seq in enumerate(seqs):
-            ids = torch.tensor([seq.prompt_ids], device=self.device)
-            if seq.pixel_values is not None and seq.image_features is None:
-                seq.image_features = self.model.extract_feature(seq.pixel_values.to(self.device, self.dtype))
-            embeds[row, :lengths[row]] = self.model.embed(ids, image_features=seq.image_features)[0]
-            seq.image_features = seq.pixel_values = None  # used once; free the memory
-        view = self.cache.prefill([s.slot for s in seqs], lengths)
-        hidden = self.model.language_model(embeds, view.positions(), view.mask(), view)
-        last = hidden[torch.arange(len(seqs), device=self.device), torch.tensor(lengths, device=self.device) - 1]
-        self._sample(seqs, self.model.language_model.logits(last))
+            batch[row, :lengths[row]] = embeds[seq.id]
+        slots = [s.slot for s in seqs]
+        try:
+            view = self.cache.prefill(slots, lengths)
+            hidden = self.model.language_model(batch, view.positions(), view.mask(), view)
+            last = hidden[torch.arange(len(seqs), device=self.device), torch.tensor(lengths, device=self.device) - 1]
+            picked = self._sample(seqs, self.model.language_model.logits(last))
+        except BaseException:
+            for slot in slots:  # nothing was stored: the slots are empty again, ready for a retry
+                self.cache.lengths[slot] = 0
+            raise
+        self._advance(seqs, *picked)
 
     def _decode(self, seqs: list[Sequence]) -> None:
         slots = [s.slot for s in seqs]
         order = sorted(range(len(seqs)), key=lambda i: slots[i])  # contiguous slots read without a copy
         seqs = [seqs[i] for i in order]
+        slots = [s.slot for s in seqs]
+        before = [self.cache.lengths[s] for s in slots]
         ids = torch.tensor([[s.output_ids[-1] if s.output_ids else s.prompt_ids[-1]] for s in seqs],
                            device=self.device)
-        view = self.cache.step([s.slot for s in seqs], 1)
-        embeds = self.model.language_model.embed_tokens(ids)
-        with matmul_mode(rows=len(seqs), dtype=self.dtype, device=self.device):
-            hidden = self.model.language_model(embeds, view.positions(), view.mask(), view)
-            logits = self.model.language_model.logits(hidden[:, -1])
-        self._sample(seqs, logits)
+        try:
+            view = self.cache.step(slots, 1)
+            embeds = self.model.language_model.embed_tokens(ids)
+            with matmul_mode(rows=len(seqs), dtype=self.dtype, device=self.device):
+                hidden = self.model.language_model(embeds, view.positions(), view.mask(), view)
+                logits = self.model.language_model.logits(hidden[:, -1])
+            picked = self._sample(seqs, logits)
+        except BaseException:
+            for slot, n in zip(slots, before):  # undo this step's length; its partial writes are never read
+                self.cache.lengths[slot] = n
+            raise
+        self._advance(seqs, *picked)
 
-    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> tuple[list[int], dict[int, str]]:
         seen = [torch.tensor(s.prompt_ids + s.output_ids, device=self.device)
                 if s.params.repetition_penalty != 1.0 else torch.empty(0, dtype=torch.long) for s in seqs]
-        tokens = sample(logits, [s.params for s in seqs], [s.generator for s in seqs], seen).tolist()
-        for seq, tok in zip(seqs, tokens):
-            seq.append(tok, self.decode, self.eos)
+        return sample(logits, [s.params for s in seqs], [s.generator for s in seqs], seen)
+
+    def _advance(self, seqs: list[Sequence], tokens: list[int], errors: dict[int, str]) -> None:
+        for row, (seq, tok) in enumerate(zip(seqs, tokens)):
+            if row in errors:
+                log.warning("request %d failed in the engine: %s", seq.id, errors[row])
+                seq.fail(errors[row])
+                continue
+            try:
+                seq.append(tok, self.decode, self.eos)
+            except Exception as e:  # e.g. a decode callback that raises: this request only
+                self._fail(seq, e)
+                continue
             if not seq.finished and self.cache.lengths[seq.slot] + 1 > self.max_len:
                 seq.finish_reason = "length"
 
@@ -154,10 +233,17 @@ class Engine:
 
     # ---- conveniences ----
     def generate(self, requests: list[tuple[list[int], torch.Tensor | None, SamplingParams]]) -> list[Sequence]:
-        """Run a list of (prompt_ids, pixel_values, params) to completion; results in request order."""
+        """Run a list of (prompt_ids, pixel_values, params) to completion; results in request order.
+
+        Raises:
+            GenerationError: a request failed in the engine (raised once all have finished).
+        """
         seqs = [self.submit(*r) for r in requests]
         while self.has_work():
             self.step()
+        for i, seq in enumerate(seqs):
+            if seq.error is not None:
+                raise GenerationError(f"request {i} of {len(seqs)} failed: {seq.error}")
         return seqs
 
     def stream(self, prompt_ids: list[int], pixel_values: torch.Tensor | None = None,
@@ -173,6 +259,8 @@ class Engine:
             delta = seq.take_delta()
             if delta:
                 yield delta
+            if seq.error is not None:
+                raise GenerationError(seq.error)
         finally:
             if not seq.finished:
                 self.cancel(seq)

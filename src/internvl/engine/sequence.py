@@ -26,13 +26,17 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     text: str = ""  # final text so far (stop strings cut)
     emitted: int = 0  # characters of `text` already handed to the caller
-    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    error: str | None = None  # why, when finish_reason is "error" (this request failed; its batch went on)
     slot: int | None = None
     generator: torch.Generator | None = None
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    def fail(self, error: str) -> None:
+        self.error, self.finish_reason = error, "error"
 
     def take_delta(self) -> str:
         delta = self.text[self.emitted:]

@@ -5,7 +5,7 @@ runs (continuous batching, at most `batch_size` decoding together), so memory ho
 dataset. The blind baseline repeats the run with every image replaced by a white one of the same size
 (so tiling and prompt length are unchanged): the gap between the two is what the model learned from
 pixels rather than from question priors. Writes `predictions.jsonl`, `summary.json` and `accuracy.png`
-(see `report.py`); prints nothing (the CLI prints `report.format_table`).
+(see `report.py`); prints nothing but a tqdm progress bar on stderr (the CLI prints `report.format_table`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..argtypes import device, non_negative_int, positive_int
 from ..engine.engine import Engine
 from ..engine.sampling import SamplingParams
+from ..errors import GenerationError
 from ..models.internvl import InternVL
 from ..processing.image import load_question_images
 from ..processing.prompt import IMG_CONTEXT_TOKEN, build_query
@@ -51,6 +53,7 @@ class EvalConfig:
     max_new_tokens: int = 8  # answers are short; greedy decoding
     dtype: str = "auto"
     device: str | None = None
+    progress: bool = True  # a tqdm bar on stderr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,16 +62,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=sorted(TASKS), help="evaluation task")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="checkpoint directory or Hub repo id (default: the shipped tiny model)")
-    parser.add_argument("--n", type=int, default=500, help="number of held-out samples")
-    parser.add_argument("--seed", type=int, default=0, help="first sample seed (within the task's held-out range)")
+    parser.add_argument("--n", type=positive_int, default=500, help="number of held-out samples")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="first sample seed (within the task's held-out range)")
     parser.add_argument("--out", default=None, help="output directory (default eval_results/TASK)")
-    parser.add_argument("--batch-size", type=int, default=16, help="requests decoded together")
-    parser.add_argument("--max-tiles", type=int, default=None, help="most tiles per image (default: the config's)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="requests decoded together")
+    parser.add_argument("--max-tiles", type=positive_int, default=None,
+                        help="most tiles per image (default: the config's)")
     parser.add_argument("--blind", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the blind baseline (every image replaced by a blank one)")
-    parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU has it, else fp32), bf16, fp32")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=8)
+    from ..runtime import DTYPES
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                        help="auto (bf16 where the CPU has it, else fp32), bf16, fp32")
+    parser.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar on stderr")
 
 
 def from_args(args: argparse.Namespace) -> EvalConfig:
@@ -101,10 +110,40 @@ def _stop_ids(model: InternVL, tokenizer: Tokenizer) -> list[int]:
     return sorted(ids)
 
 
+class _Quiet:
+    """Stands in for a tqdm bar where tqdm is not installed (an optional dependency): logs every 100."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.n = total, desc, 0
+
+    def update(self, k: int) -> None:
+        if (self.n + k) // 100 > self.n // 100:
+            logger.info("%s: %d/%d answered", self.desc, self.n + k, self.total)
+        self.n += k
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _Quiet(total, desc)
+    return tqdm(total=total, desc=desc, unit="q", dynamic_ncols=True, leave=False, disable=not enabled)
+
+
 def generate_answers(model: InternVL, tokenizer: Tokenizer, task: Task, samples: Sequence[Sample],
                      batch_size: int = 16, max_tiles: int | None = None, max_new_tokens: int = 8,
-                     blind: bool = False) -> list[str]:
-    """Greedy answers to every sample, in order, through one engine."""
+                     blind: bool = False, progress: bool = False) -> list[str]:
+    """Greedy answers to every sample, in order, through one engine.
+
+    Raises:
+        GenerationError: a sample failed in the engine (an evaluation never scores a failure as an answer).
+    """
     if model.img_context_token_id is None:
         model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
     engine = Engine(model, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
@@ -113,25 +152,26 @@ def generate_answers(model: InternVL, tokenizer: Tokenizer, task: Task, samples:
     requests = enumerate(_requests(model, tokenizer, task, samples, max_tiles, blind))
     answers: list[str | None] = [None] * len(samples)
     active = []  # (sample index, sequence)
-    exhausted, logged = False, 0
-    while True:
-        while not exhausted and len(engine.waiting) < batch_size:  # keep the free slots fed
-            item = next(requests, None)
-            if item is None:
-                exhausted = True
-            else:
-                i, (ids, pixel_values) = item
-                active.append((i, engine.submit(ids, pixel_values, params)))
-        if not engine.has_work():
-            break
-        engine.step()
-        for i, seq in [a for a in active if a[1].finished]:
-            answers[i] = seq.text.strip()
-        active = [a for a in active if not a[1].finished]
-        done = sum(a is not None for a in answers)
-        if done // 100 > logged // 100:
-            logger.info("%s%s: %d/%d answered", task.name, " (blind)" if blind else "", done, len(samples))
-        logged = done
+    exhausted = False
+    with _progress(len(samples), task.name + (" (blind)" if blind else ""), progress) as bar:
+        while True:
+            while not exhausted and len(engine.waiting) < batch_size:  # keep the free slots fed
+                item = next(requests, None)
+                if item is None:
+                    exhausted = True
+                else:
+                    i, (ids, pixel_values) = item
+                    active.append((i, engine.submit(ids, pixel_values, params)))
+            if not engine.has_work():
+                break
+            engine.step()
+            done = [a for a in active if a[1].finished]
+            for i, seq in done:
+                if seq.error is not None:
+                    raise GenerationError(f"sample {i} failed in the engine: {seq.error}")
+                answers[i] = seq.text.strip()
+            active = [a for a in active if not a[1].finished]
+            bar.update(len(done))
     return [a or "" for a in answers]
 
 
@@ -156,12 +196,18 @@ def evaluate(cfg: EvalConfig, model: InternVL | None = None, tokenizer: Tokenize
     if model is None or tokenizer is None:
         model, tokenizer = _load(cfg)
     samples = list(task.examples(cfg.n, cfg.seed))
-    kw = dict(batch_size=cfg.batch_size, max_tiles=cfg.max_tiles, max_new_tokens=cfg.max_new_tokens)
+    kw = dict(batch_size=cfg.batch_size, max_tiles=cfg.max_tiles, max_new_tokens=cfg.max_new_tokens,
+              progress=cfg.progress)
     start = time.perf_counter()
     answers = generate_answers(model, tokenizer, task, samples, **kw)
     seconds = time.perf_counter() - start
     scores = [task.score(a, s) for a, s in zip(answers, samples)]
+    # bf16 and fp32 greedy answers differ on a few questions, and `--dtype auto` means bf16 only on CPUs with
+    # native bf16: the numbers say which precision (and how many threads) produced them
+    param = next(model.parameters())
     summary = {"task": task.name, "model": cfg.model, "n": len(samples), "seed": cfg.seed,
+               "dtype": str(param.dtype).removeprefix("torch."), "device": str(param.device),
+               "threads": torch.get_num_threads(),
                **summarize(samples, scores), "seconds": round(seconds, 2), "config": asdict(cfg)}
     records = [{"id": s.id, "category": s.category, "question": s.question, "answer": s.answer,
                 "prediction": a, "score": sc} for s, a, sc in zip(samples, answers, scores)]

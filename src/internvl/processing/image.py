@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from typing import BinaryIO
 
@@ -61,6 +62,8 @@ def open_image(image: ImageInput) -> Image.Image:
         return image if image.mode == "RGB" else image.convert("RGB")
     name = _describe(image)
     source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image
+    if isinstance(image, (str, os.PathLike)):
+        _check_regular_file(image, name)
     try:
         with warnings.catch_warnings():
             # Pillow warns between its two limits; the explicit check below is the one rule we apply.
@@ -86,6 +89,21 @@ def open_image(image: ImageInput) -> Image.Image:
     except Exception as e:  # decoders raise many types (OSError, SyntaxError, struct.error, ...) on bad data
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
         raise ImageLoadError(f"{name}: cannot read the image ({reason})") from None
+
+
+def _check_regular_file(path: str | os.PathLike, name: str) -> None:
+    """Opening a FIFO blocks until something writes to it, and a device may never end: refuse both."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageLoadError(f"{name}: no such file") from None
+    except OSError as e:
+        raise ImageLoadError(f"{name}: cannot read the image ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
+        raise ImageLoadError(f"{name}: is a directory, not an image file")
+    if not stat.S_ISREG(mode):
+        raise ImageLoadError(f"{name}: is {'a FIFO' if stat.S_ISFIFO(mode) else 'a device or socket'}, not a "
+                             "regular file")
 
 
 def to_pixel_values(tiles: list[Image.Image], input_size: int = 448) -> torch.Tensor:

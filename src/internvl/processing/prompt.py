@@ -4,11 +4,18 @@ A question (and its history) is rendered with the model's template; then each `<
 order over the whole prompt, becomes `<img>` + `<IMG_CONTEXT>` x (num_image_token x tiles) + `</img>`, and
 the model writes one image feature over each `<IMG_CONTEXT>`. Unlike upstream, a placeholder count that
 differs from the number of images is an error here, before any tokenization or model work.
+
+`tokenize_query` tokenizes the query so that control tokens spelled in the user's own text (`<|im_start|>`,
+`<|im_end|>`, `<IMG_CONTEXT>`, ...) are the plain text they are, not the tokens the template writes: a user
+cannot forge a system turn or end the prompt early. It renders the conversation a second time with those
+spellings blanked to NULs of the same length; where the two renderings differ are exactly the user's
+spellings, and only there does tokenization change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 
 from ..errors import ImageTokenMismatchError
 from .templates import Message, Template, render
@@ -90,3 +97,52 @@ def build_query(template: Template, question: str, history: Sequence[tuple[str, 
     messages += [(0, question), (1, None)]
     query = expand_images(render(template, messages, system_message), patches, num_image_token)
     return (query, question) if return_question else query
+
+
+def _blank(text: str, pattern: re.Pattern) -> str:
+    return pattern.sub(lambda m: "\0" * len(m.group()), text)
+
+
+def _differing_spans(query: str, shadow: str) -> list[tuple[int, int]]:
+    """Character spans where `query` differs from `shadow` (which differs only by NUL runs)."""
+    spans = []
+    for m in re.finditer("\0+", shadow):
+        i = m.start()
+        while i < m.end():
+            if query[i] == "\0":
+                i += 1
+                continue
+            j = i
+            while j < m.end() and query[j] != "\0":
+                j += 1
+            spans.append((i, j))
+            i = j
+    return spans
+
+
+def tokenize_query(tokenizer, template: Template, question: str, history: Sequence[tuple[str, str]] | None = None,
+                   num_patches_list: Sequence[int] | None = None, num_image_token: int = 256,
+                   system_message: str | None = None, user_system: bool = False,
+                   special_tokens_in_text: bool = False) -> list[int]:
+    """The token ids of `build_query(...)` (same arguments), with the user's text tokenized as text.
+
+    Args:
+        tokenizer: A `Tokenizer` (its `control_tokens()` are the spellings treated as text).
+        user_system: The system message came from the user (a server request), not from the model's config.
+        special_tokens_in_text: The old behaviour: control tokens spelled in the text are control tokens.
+    """
+    query = build_query(template, question, history, num_patches_list, num_image_token, system_message)
+    guarded: Collection[str] = () if special_tokens_in_text else tokenizer.control_tokens()
+    if not guarded:
+        return tokenizer.encode_prompt(query)
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(guarded, key=len, reverse=True)))
+    texts = [question, *(t for turn in history or () for t in turn)] + ([system_message] if user_system and
+                                                                         system_message else [])
+    if not any(pattern.search(t) for t in texts):
+        return tokenizer.encode_prompt(query)
+    shadow = build_query(template, _blank(question, pattern), [(_blank(q, pattern), _blank(a, pattern))
+                                                               for q, a in history or ()],
+                         num_patches_list, num_image_token,
+                         _blank(system_message, pattern) if user_system and system_message else system_message)
+    assert len(shadow) == len(query)  # blanking keeps every length, so positions line up
+    return tokenizer.encode_prompt(query, _differing_spans(query, shadow))

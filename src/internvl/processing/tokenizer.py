@@ -33,6 +33,7 @@ class Tokenizer:
         self.eos_token = eos_token
         self.pad_token = pad_token or eos_token
         self._special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+        self._plain: _Tok | None = None  # a copy that reads special tokens' spellings as plain text
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> Tokenizer:
@@ -99,6 +100,35 @@ class Tokenizer:
         enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
         return enc.ids, enc.offsets
 
+    def control_tokens(self) -> frozenset[str]:
+        """The special tokens a user's text must not be able to produce (template markers, image tokens, EOS):
+        every special token except the markup InternVL's prompts ask users to write (`<ref>`, `<box>`, ...)."""
+        return frozenset(self._special - set(USER_MARKUP_TOKENS))
+
+    def encode_prompt(self, text: str, plain_spans: list[tuple[int, int]] = ()) -> list[int]:
+        """`text`'s ids as `__call__` gives them, except that a special token matched inside one of the
+        character spans `plain_spans` becomes the ids of its spelling as plain text (as transformers'
+        `split_special_tokens=True` would tokenize it). Everything else is tokenized exactly as before: the
+        tokenizer splits text at special tokens anyway, so nothing around them changes."""
+        enc = self._tok.encode(text, add_special_tokens=True)
+        if not plain_spans:
+            return enc.ids
+        special_ids = {self._tok.token_to_id(t) for t in self._special}
+        ids: list[int] = []
+        for tid, (a, b) in zip(enc.ids, enc.offsets):
+            if b > a and tid in special_ids and any(lo <= a and b <= hi for lo, hi in plain_spans):
+                ids += self._plain_tokenizer().encode(text[a:b], add_special_tokens=False).ids
+            else:
+                ids.append(tid)
+        return ids
+
+    def _plain_tokenizer(self) -> _Tok:
+        if self._plain is None:
+            plain = _Tok.from_str(self._tok.to_str())
+            plain.encode_special_tokens = True
+            self._plain = plain
+        return self._plain
+
     def decode(self, ids: list[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
@@ -145,6 +175,11 @@ def _byte_level_bpe(vocab: Path, merges: Path) -> _Tok:
 # Special tokens of InternVL prompts (spec section 3) plus the ChatML markers of the internvl2_5 template.
 INTERNVL_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>",
                            "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>")
+
+
+# Special tokens InternVL's prompts ask users to write themselves (grounding: "<ref>the cat</ref>",
+# "<box>[[x1, y1, x2, y2]]</box>"), so they stay special tokens in user text.
+USER_MARKUP_TOKENS = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>")
 
 
 def byte_tokenizer(special_tokens: tuple[str, ...] = INTERNVL_SPECIAL_TOKENS) -> Tokenizer:

@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import json
 import logging
+import sys
 import time
 from importlib import resources
 
@@ -21,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..chat import InternVLChatModel
 from ..engine.engine import Engine
@@ -206,19 +208,33 @@ def _sse(obj: dict) -> str:
 
 
 async def read_json(request: Request, limit: int):
-    """The request body as JSON, refusing oversized bodies before reading them whole."""
+    """The request body as JSON, refusing oversized bodies before reading them whole.
+
+    JSON that Python's parser refuses beyond syntax (nesting deeper than its recursion limit, an integer
+    literal of more than `sys.get_int_max_str_digits()` digits) is a 400 like any other invalid JSON; a
+    client that disconnects before its body is complete ends the request as 499 (nobody is left to answer).
+    """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"the request body is {int(declared):,} bytes, over the server's limit of {limit:,}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise APIError(413, f"the request body is over the server's limit of {limit:,} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise APIError(413, f"the request body is over the server's limit of {limit:,} bytes")
+    except ClientDisconnect:
+        raise APIError(499, f"the client disconnected after sending {len(body):,} bytes of its request body",
+                       code="client_disconnected") from None
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"the request body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise APIError(400, "the request body is not valid JSON (nested too deeply)") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        reason = str(e)
+        if "integer string conversion" in reason:
+            reason = f"an integer literal has more than {sys.get_int_max_str_digits()} digits"
+        raise APIError(400, f"the request body is not valid JSON ({reason})") from None
 
 
 def _check_auth(request: Request, api_key: str | None) -> None:
@@ -248,6 +264,8 @@ def create_app(model: InternVLChatModel, tokenizer: Tokenizer, config: ServeConf
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
         if request.url.path == CHAT_PATH:
             server.metrics.requests[e.status] += 1
+        if e.status == 499:
+            log.info("%s %s: %s", request.method, request.url.path, e.message)
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(StarletteHTTPException)

@@ -6,9 +6,13 @@ No FastAPI here, so `internvl --help` works without the `serve` extra installed.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from dataclasses import dataclass, fields
 
+from ..argtypes import DEVICE
 from ..errors import ConfigError
+from ..runtime import DTYPES
 from ..tiny import DEFAULT_MODEL  # the shipped tiny model, loaded without --model
 
 
@@ -30,22 +34,47 @@ class ServeConfig:
     max_tiles: int | None = None  # most tiles per image, and the default (default: the model's max_dynamic_patch)
     default_max_tokens: int = 1024  # answer length when a request gives no max_tokens (cut to the context)
     allowed_local_media_path: str | None = None  # a directory whose files requests may name as image paths
-    max_image_bytes: int = 20 * 2**20  # largest encoded image accepted (data URI, download or file)
-    max_image_pixels: int = 50_000_000  # largest decoded image (decompression-bomb guard)
+    special_tokens_in_text: bool = False  # treat <|im_start|> etc. in request text as control tokens (the old way)
+    # Limits on what one request may cost (each refusal is a 400 naming the limit).
     max_request_bytes: int = 64 * 2**20  # largest request body
-    media_timeout: float = 10.0  # seconds to download one http(s) image
+    max_images: int = 16  # images per request
+    max_image_bytes: int = 20 * 2**20  # largest encoded image accepted (data URI, download or file)
+    max_image_pixels: int = 50_000_000  # most pixels per image, read from its header before decoding (bomb guard)
+    max_image_side: int = 16_384  # longest side of an image in pixels (1 x 40,000,000 takes seconds to resample)
+    max_request_pixels: int = 100_000_000  # most pixels of all the request's images together
+    media_timeout: float = 10.0  # seconds to fetch one http(s) image, in all (connecting, DNS, reading)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "prefill_budget", "vision_budget", "default_max_tokens", "max_image_bytes",
-                     "max_image_pixels", "max_request_bytes"):
+                     "max_image_pixels", "max_image_side", "max_request_pixels", "max_request_bytes", "max_images"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.max_queue < 0:
-            raise ConfigError(f"max_queue must be >= 0, got {self.max_queue}")
+            raise ConfigError(f"--max-queue must be >= 0, got {self.max_queue}")
         if self.max_tiles is not None and self.max_tiles < 1:
-            raise ConfigError(f"max_tiles must be >= 1, got {self.max_tiles}")
+            raise ConfigError(f"--max-tiles must be >= 1, got {self.max_tiles}")
+        if self.max_len is not None and self.max_len < 2:
+            raise ConfigError(f"--max-len must be >= 2, got {self.max_len}")
         if self.quantize not in ("none", "int8"):
-            raise ConfigError(f"quantize must be none or int8, got {self.quantize!r}")
+            raise ConfigError(f"--quantize must be none or int8, got {self.quantize!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be in 0..65535, got {self.port}")
+        if not self.host.strip():
+            raise ConfigError("--host must not be empty")
+        if not (math.isfinite(self.media_timeout) and self.media_timeout > 0):
+            raise ConfigError(f"--media-timeout must be a number of seconds > 0, got {self.media_timeout}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ConfigError("--api-key must not be empty")
+        if self.dtype not in ("auto", *DTYPES):
+            raise ConfigError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device is not None and not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"--device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.allowed_local_media_path is not None and not os.path.isdir(self.allowed_local_media_path):
+            raise ConfigError(f"--allowed-local-media-path {self.allowed_local_media_path}: no such directory")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 def _comments() -> dict[str, str]:
@@ -74,6 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, default=DEFAULT_MODEL, help=helps.get(f.name))
         elif f.name == "quantize":
             parser.add_argument(flag, choices=["none", "int8"], default=f.default, help=helps.get(f.name))
+        elif kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name))
         else:
             parser.add_argument(flag, type=types.get(kind, str), default=f.default, help=helps.get(f.name))
 

@@ -1,7 +1,8 @@
 """A validated request + its conversation -> what the engine takes: prompt ids, image tiles, sampling params.
 
-The prompt is built exactly as `chat()` / `internvl chat` build it (`build_query` with the model's template,
-system message and `<image>` expansion), so a request here and the same turn in the CLI give the same
+The prompt is built exactly as `chat()` / `internvl chat` build it (`tokenize_query` with the model's
+template, system message and `<image>` expansion; control tokens spelled in the request's text are plain
+text unless `--special-tokens-in-text`), so a request here and the same turn in the CLI give the same
 tokens. Context limits are checked here with the numbers in the message, so the engine never refuses a
 request it was handed.
 """
@@ -14,11 +15,11 @@ import torch
 
 from ..chat import InternVLChatModel
 from ..engine.sampling import SamplingParams
-from ..processing.prompt import IMG_CONTEXT_TOKEN, build_query
+from ..processing.prompt import IMG_CONTEXT_TOKEN, tokenize_query
 from ..processing.templates import get_template, stop_strings
 from ..processing.tokenizer import Tokenizer
 from .config import ServeConfig
-from .media import load_tiles
+from .media import load_images
 from .messages import Conversation
 from .protocol import APIError, ChatCompletionRequest
 
@@ -68,16 +69,20 @@ class Prompter:
             raise APIError(400, f"the request has {len(conv.images)} images; each needs at least {per_image} "
                                 f"tokens, so at most {(self.max_len - 1) // per_image} fit the context of "
                                 f"{self.max_len} tokens", param="messages", code="context_length_exceeded")
+        if len(conv.images) > self.config.max_images:
+            raise APIError(400, f"the request has {len(conv.images)} images, over the server's limit of "
+                                f"{self.config.max_images} per request", param="messages")
 
     def prepare(self, req: ChatCompletionRequest, conv: Conversation) -> Prepared:
         """Fetch and tile the images, build and tokenize the prompt, derive sampling params (blocking)."""
         default_tiles = req.max_dynamic_patch or self.max_tiles
-        tiles = [load_tiles(ref, self.config, self.image_size, ref.max_tiles or default_tiles, self.min_tiles,
-                            self.use_thumbnail) for ref in conv.images]
+        tiles = load_images(conv.images, self.config, self.image_size,
+                            [r.max_tiles or default_tiles for r in conv.images], self.min_tiles, self.use_thumbnail)
         counts = [t.shape[0] for t in tiles]
         system = conv.system if conv.system is not None else self.default_system
-        query = build_query(self.template, conv.question, conv.history, counts, self.num_image_token, system)
-        ids = self.tokenizer(query, return_tensors=None)["input_ids"]
+        ids = tokenize_query(self.tokenizer, self.template, conv.question, conv.history, counts, self.num_image_token,
+                             system, user_system=conv.system is not None,
+                             special_tokens_in_text=self.config.special_tokens_in_text)
         image_tokens = sum(counts) * self.num_image_token
         if sum(t == self.img_context_id for t in ids) != image_tokens:  # guards the engine's feature scatter
             raise APIError(400, "the prompt's image tokens do not match its images; is an image token in the text?")
@@ -106,5 +111,5 @@ class Prompter:
                                    repetition_penalty=req.repetition_penalty or 1.0,
                                    seed=None if req.seed is None else req.seed + i, stop=list(req.stop))
                     for i in range(req.n)]
-        except ValueError as e:
+        except ValueError as e:  # the protocol checks the same ranges; this is the engine's own guard
             raise APIError(400, str(e)) from None

@@ -4,6 +4,10 @@ chunk bodies, and the error body every 4xx carries.
 Only the format lives here; what a request means for the model is `messages.py` and `prompting.py`.
 Extensions over OpenAI, as other servers spell them: `max_dynamic_patch` (tiles per image, per request or
 per `image_url`, like LMDeploy), `top_k` and `repetition_penalty` (like vLLM).
+
+Validation is strict: a value of the wrong JSON type is refused, never coerced (`"n": "2"`, `max_tokens:
+true`, `stream: 0`), numbers must be finite and in range, and text must be valid Unicode (JSON can spell a
+lone UTF-16 surrogate, `"\ud800"`, which no encoder or tokenizer accepts).
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..engine.sampling import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_STOP_LENGTH = 256  # characters per stop string (each decode step scans for them)
 
 
 class APIError(Exception):
@@ -37,19 +44,31 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
 
 # ---------------------------------------------------------------- requests
 
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the text holds a lone UTF-16 surrogate ({text[e.start]!r} at position {e.start}), "
+                         "which is not valid Unicode") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
 
 class ImageURL(_Model):
-    url: str
+    url: Text
     detail: Literal["auto", "low", "high"] | None = None  # "low" = one tile (the thumbnail)
     max_dynamic_patch: int | None = Field(None, ge=1)  # extension: tiles for this image
 
 
 class TextPart(_Model):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ImagePart(_Model):
@@ -67,7 +86,7 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 class Message(_Model):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
 
 
 class StreamOptions(_Model):
@@ -75,7 +94,7 @@ class StreamOptions(_Model):
 
 
 class ChatCompletionRequest(_Model):
-    model: str | None = None
+    model: Text | None = None
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -84,9 +103,9 @@ class ChatCompletionRequest(_Model):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1 - 16)  # + choice index stays a 64-bit int
-    stop: str | list[str] | None = Field(None, validate_default=True)  # becomes a list
+    stop: Text | list[Text] | None = Field(None, validate_default=True)  # becomes a list
     n: int = Field(1, ge=1, le=16)
     max_dynamic_patch: int | None = Field(None, ge=1)
     # Accepted only at their no-op values, so a client is never silently given something it did not ask for.
@@ -104,6 +123,8 @@ class ChatCompletionRequest(_Model):
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
+        if any(len(s) > MAX_STOP_LENGTH for s in stops):
+            raise ValueError(f"stop strings may be at most {MAX_STOP_LENGTH} characters long")
         return stops
 
     def unsupported(self) -> tuple[str, str] | None:
@@ -140,7 +161,7 @@ def _loc(err: dict) -> str:
     (pydantic puts union branches and discriminator tags in the location; the client never wrote those)."""
     parts: list[str] = []
     for i, p in enumerate(err["loc"]):
-        if p in ("list[tagged-union[TextPart,ImagePart]]", "str"):
+        if isinstance(p, str) and (p == "str" or "[" in p):  # a union branch: 'list[...]', 'function-after[...]'
             continue
         if p in ("text", "image_url") and i and isinstance(err["loc"][i - 1], int) and i + 1 < len(err["loc"]):
             continue  # the discriminator tag, followed by the real field name
@@ -149,9 +170,10 @@ def _loc(err: dict) -> str:
 
 
 def _relevant(e: ValidationError) -> list[dict]:
-    """pydantic's errors, less noise: a `str | list` field fails on both branches, and when the value is a
-    list the string branch's complaint says nothing useful."""
-    errs = [x for x in e.errors() if not (x["type"] == "string_type" and isinstance(x.get("input"), list))]
+    """pydantic's errors, less noise: a `str | list` field fails on both branches, and the branch of the
+    other type than the value's says nothing useful."""
+    errs = [x for x in e.errors() if not (x["type"] == "string_type" and isinstance(x.get("input"), list))
+            and not (x["type"] == "list_type" and isinstance(x.get("input"), str))]
     return errs or e.errors()
 
 
@@ -166,7 +188,8 @@ def describe_validation(e: ValidationError, limit: int = 3) -> str:
     msgs = []
     for err in errs[:limit]:
         where = _loc(err)
-        msgs.append(f"{where}: {err['msg']}" if where else err["msg"])
+        msg = err["msg"].removeprefix("Value error, ")
+        msgs.append(f"{where}: {msg}" if where else msg)
     more = len(errs) - limit
     return "; ".join(msgs) + (f" (and {more} more)" if more > 0 else "")
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from ..errors import InternVLError
 from .config import ServeConfig
@@ -57,6 +58,22 @@ def banner(config: ServeConfig, name: str) -> str:
             f"  health        {url}/health   metrics {url}/metrics\n"
             f"try it:\n"
             f"curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'")
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse an address the server could not listen on (in use, not this machine's, not resolvable) with one
+    clear line, before the model is loaded, instead of a traceback from uvicorn after it."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:
+        raise InternVLError(f"cannot listen on {host}:{port}: the host does not resolve ({e})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a closed port in TIME_WAIT is free
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise InternVLError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
 
 
 def run(app, config: ServeConfig) -> None:

@@ -6,7 +6,8 @@ one engine step (which decodes every running request together and prefills the n
 the engine's prefill token budget), and post each job's new text to its asyncio queue with
 `loop.call_soon_threadsafe`. Image encoding is split into `vision_budget` tiles per step here, before a job
 is admitted, so a request with many tiles delays running streams by a bounded amount per step instead of
-by its whole vision pass. A cancelled job's sequences leave the engine at once, freeing their slots.
+by its whole vision pass. A cancelled job's sequences leave the engine at once, freeing their slots. A job
+whose sequence the engine failed (see `Engine`) gets an error event; the jobs beside it are untouched.
 """
 
 from __future__ import annotations
@@ -208,6 +209,10 @@ class Worker:
 
     def _publish(self) -> None:
         for job in list(self._live):
+            failed = next((job.seqs[i] for i in sorted(job.open) if job.seqs[i].error is not None), None)
+            if failed is not None:  # the engine ended this request alone; its neighbours go on
+                self._fail(job, 500, f"internal error in the engine: {failed.error}")
+                continue
             events: list[Event] = []
             for i in sorted(job.open):
                 seq = job.seqs[i]

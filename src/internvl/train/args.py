@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,26 @@ class TrainConfig:
         for name in ("use_llm_lora", "use_backbone_lora", "save_steps", "save_total_limit", "num_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "warmup_ratio", "min_lr_ratio", "num_train_epochs", "max_grad_norm",
+                     "lora_dropout", "lora_alpha", "drop_path_rate"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.num_train_epochs <= 0:
+            raise ConfigError(f"--num-train-epochs must be > 0, got {self.num_train_epochs}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("lora_dropout", "drop_path_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ConfigError(f"--lora-alpha must be > 0, got {self.lora_alpha}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
         if not 0 <= self.warmup_ratio < 1:
@@ -154,3 +175,5 @@ class MergeConfig:
                              metavar="DIR|REPO|PRESET")
     tokenizer: str | None = _opt(None, "tokenizer to save beside the weights (default: the base model's, or the "
                                        "adapter's checkpoint)", metavar="DIR")
+    overwrite: bool = _opt(False, "write into an existing non-empty --output directory (replacing only the "
+                                  "checkpoint's own files)")

@@ -221,6 +221,9 @@ def build_loader(cfg: TrainConfig, model: InternVL, tokenizer: Tokenizer, info: 
 
 def setup(cfg: TrainConfig, info: D.DistInfo) -> Run:
     out = Path(cfg.output_dir)
+    if cfg.resume and find_latest(out) is None:  # a silent fresh start would look like a resumed run
+        raise ConfigError(f"--resume: {out} holds no complete checkpoint to resume from; run without --resume "
+                          "to start from step 0")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         clean_staging(out)
