@@ -19,9 +19,9 @@ CFG = PRESETS["tiny"].config
 
 
 def test_config_and_budget():
-    assert CFG.image_size == 96 and CFG.force_image_size == 96 and CFG.vision.patch_size == 12
+    assert CFG.image_size == 96 and CFG.force_image_size == 96 and CFG.vision.patch_size == 8
     assert (CFG.image_size // CFG.vision.patch_size) % 2 == 0  # pixel shuffle 0.5 needs an even grid
-    assert CFG.num_image_token == 16 and CFG.template == "internvl2_5" and CFG.max_dynamic_patch == 6
+    assert CFG.num_image_token == 36 and CFG.template == "internvl2_5" and CFG.max_dynamic_patch == 6
     assert CFG.vision.num_hidden_layers == 4 and CFG.llm.num_hidden_layers == 4
     assert CFG.llm.architecture == "Qwen2ForCausalLM"
     n = sum(p.numel() for p in build_model(CFG).parameters())

@@ -40,8 +40,8 @@ EVAL_EXAMPLES = 500
 # whose tokens are aligned with the LLM's own word embeddings.
 COMMON = ["--per-device-batch-size", "16", "--bf16", "--num-workers", "1", "--seed", str(SEED),
           "--save-total-limit", "2", "--no-progress"]
-STAGE0 = ["--stage", "0", "--lr", "1e-3", "--max-steps", "2000", "--warmup-ratio", "0.03", "--save-steps", "500"]
-STAGE2 = ["--stage", "2", "--freeze-backbone", "--lr", "5e-4", "--max-steps", "6000", "--warmup-ratio", "0.03",
+STAGE0 = ["--stage", "0", "--lr", "1e-3", "--max-steps", "1500", "--warmup-ratio", "0.03", "--save-steps", "500"]
+STAGE2 = ["--stage", "2", "--freeze-backbone", "--lr", "5e-4", "--max-steps", "4000", "--warmup-ratio", "0.03",
           "--min-lr-ratio", "0.05", "--save-steps", "500", "--packed", "--max-packed-tokens", "4096"]
 
 

@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError, ImageLoadError
+from ..models.region_text import LOGIT_SCALE, phrase_embeddings, region_logits  # noqa: F401 (re-exported)
 from ..processing.grounding import Region, parse_regions
 from ..processing.image import open_image, to_pixel_values
 from ..processing.tiling import dynamic_preprocess, target_grid
 from .data import DataConfig, SFTDataset
 
-LOGIT_SCALE = 16.0  # cosine similarities in [-1, 1] -> logits in [-16, 16] against the fixed 0 of "nothing"
 POSITIVE_WEIGHT = 4.0
 NONE, IGNORED = -1, -2  # target values besides phrase indices
 
@@ -169,19 +169,6 @@ class RegionCollator:
         weight = torch.where(targets >= 0, POSITIVE_WEIGHT, (targets == NONE).float())
         return RegionBatch(torch.cat([s.pixel_values for s in kept]), targets, weight, ids, mask, len(kept),
                            len(samples) - len(kept), [s.source for s in kept])
-
-
-def phrase_embeddings(embed_tokens: nn.Embedding, phrase_ids: torch.Tensor, phrase_mask: torch.Tensor
-                      ) -> torch.Tensor:
-    """(P, L) ids -> (P, D): the mean token embedding of each phrase."""
-    m = phrase_mask.to(embed_tokens.weight.dtype)[..., None]
-    return (embed_tokens(phrase_ids) * m).sum(1) / m.sum(1).clamp_min(1)
-
-
-def region_logits(image_tokens: torch.Tensor, phrases: torch.Tensor) -> torch.Tensor:
-    """(tiles, tokens, D) x (P, D) -> (tiles, tokens, 1 + P): [nothing = 0, s * cos(token, phrase)]."""
-    sim = F.normalize(image_tokens.float(), dim=-1) @ F.normalize(phrases.float(), dim=-1).T
-    return torch.cat([sim.new_zeros(*sim.shape[:-1], 1), LOGIT_SCALE * sim], dim=-1)
 
 
 def region_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, weight_total: torch.Tensor
