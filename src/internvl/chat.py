@@ -11,12 +11,14 @@ import os
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from .checkpoint.loader import load_model
 from .engine.engine import Engine
 from .engine.sampling import SamplingParams
 from .errors import ImageTokenMismatchError
 from .models.internvl import InternVL
+from .models.region_text import cosine, phrase_embeddings
 from .processing.prompt import IMG_CONTEXT_TOKEN, build_query, tokenize_query
 from .processing.templates import get_template, stop_strings
 from .processing.tokenizer import Tokenizer
@@ -130,6 +132,39 @@ class InternVLChatModel(InternVL):
         starts = [sum(tiles[:i]) for i in range(len(tiles))]
         images = [pixel_values[a:a + n] if pixel_values is not None and n else None for a, n in zip(starts, tiles)]
         return self._run(tokenizer, prompts, images, generation_config)
+
+    # Image-text matching, as InternVL-C offers it: meaningful for models whose tower was pre-trained with
+    # region-text alignment (`internvl train --stage 0`, the shipped tiny model), where the image token that
+    # holds an object's center points at the words naming it.
+    @torch.no_grad()
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tiles (N, 3, S, S) -> unit-norm image tokens (N, tokens per tile, D), one per region of a tile."""
+        return F.normalize(self.extract_feature(pixel_values).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_text(self, tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
+        """Phrases -> unit-norm embeddings (len(texts), D): the mean of their token embeddings, each phrase
+        encoded as a mid-sentence word (leading space), as stage 0 trains them."""
+        encoded = [tokenizer.encode(" " + t) or [tokenizer.pad_token_id] for t in texts]
+        ids = torch.full((len(texts), max(len(e) for e in encoded)), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(ids.shape, dtype=torch.bool)
+        for i, e in enumerate(encoded):
+            ids[i, :len(e)], mask[i, :len(e)] = torch.tensor(e), True
+        device = self.language_model.embed_tokens.weight.device
+        return F.normalize(phrase_embeddings(self.language_model.embed_tokens, ids.to(device), mask.to(device))
+                           .float(), dim=-1)
+
+    @torch.no_grad()
+    def similarity(self, tokenizer: Tokenizer, pixel_values: torch.Tensor, texts: list[str],
+                   num_patches_list: list[int] | None = None) -> torch.Tensor:
+        """(images, texts): for each image (its tiles per `num_patches_list`; one image when None), the best
+        cosine between a phrase and any of the image's tokens, so "red circle" scores high where one is."""
+        counts = num_patches_list or [pixel_values.shape[0]]
+        if sum(counts) != pixel_values.shape[0]:
+            raise ImageTokenMismatchError(f"pixel_values has {pixel_values.shape[0]} tiles but num_patches_list "
+                                          f"sums to {sum(counts)}")
+        sims = cosine(self.encode_image(pixel_values), self.encode_text(tokenizer, texts))  # (N, T, P)
+        return torch.stack([part.amax(dim=(0, 1)) for part in sims.split(counts)])
 
 
 def from_pretrained(path_or_repo: str | os.PathLike, dtype: torch.dtype | None = None,
