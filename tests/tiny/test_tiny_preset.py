@@ -52,7 +52,7 @@ def test_forward_backward_with_a_multi_tile_image():
     assert pixels.shape == (2, 3, 96, 96)
     query = build_query(get_template(CFG.template), "How many objects are there?", None, [2], CFG.num_image_token)
     ids = torch.tensor([tok.encode(query + "0<|im_end|>")])
-    assert int((ids == CFG.image_token_id).sum()) == 2 * 16
+    assert int((ids == CFG.image_token_id).sum()) == 2 * CFG.num_image_token == 2 * 36
     logits = model(ids, pixels).logits
     assert logits.shape == (1, ids.shape[1], CFG.llm.vocab_size) and torch.isfinite(logits).all()
     loss = F.cross_entropy(logits[0, -3:-1], ids[0, -2:])
