@@ -172,7 +172,8 @@ def read_benchmark(path: str | os.PathLike, image_root: str | os.PathLike | None
         path: The .tsv file.
         image_root: Directory that relative `image_path` values (and image cells naming files) start from;
             default the TSV's directory.
-        check_images: Decode every base64 image's header (off when only scoring, which needs no pixels).
+        check_images: Decode every base64 image and read its header (off when only scoring, which needs no
+            pixels: image cells are then not decoded at all).
 
     Raises:
         DataError: A missing column, a duplicate or empty index, an empty question, an image cell that is
@@ -257,18 +258,19 @@ def _resolve_image_cell(bench: Benchmark, row: Row, by_index: dict, root: Path, 
 
 
 def _base64_source(bench: Benchmark, row: Row, text: str, key: str, check: bool, position: int = 0) -> ImageSource:
+    if not check:
+        return ImageSource(data=text, key=key)
     what = "column 'image'" + (f", image {position}" if position else "")
     try:
         data = base64.b64decode(text)
     except (binascii.Error, ValueError) as e:
         raise DataError(f"{bench.where(row)}, {what}: invalid base64 ({e})") from None
-    if check:
-        try:
-            with Image.open(io.BytesIO(data)):
-                pass
-        except Exception:  # Pillow raises several types on data that is not an image
-            raise DataError(f"{bench.where(row)}, {what}: the base64 data decodes to {len(data)} bytes that are not "
-                            "an image Pillow can read") from None
+    try:
+        with Image.open(io.BytesIO(data)):
+            pass
+    except Exception:  # Pillow raises several types on data that is not an image
+        raise DataError(f"{bench.where(row)}, {what}: the base64 data decodes to {len(data)} bytes that are not "
+                        "an image Pillow can read") from None
     return ImageSource(data=text, key=key)
 
 
