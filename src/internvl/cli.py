@@ -125,9 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    command = getattr(args, "eval_command", None) or args.task
-    if command in EVAL_COMMANDS:
-        EVAL_COMMANDS[command][0](args)
+    if args.eval_command in EVAL_COMMANDS:  # else it names a task (`internvl eval shapes`)
+        EVAL_COMMANDS[args.eval_command][0](args)
         return
     from .eval.report import format_table
     from .eval.runner import evaluate, from_args

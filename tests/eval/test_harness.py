@@ -204,6 +204,12 @@ def test_malformed_data_fails_before_any_model_work(tmp_path, capsys):
     assert main(["eval", "run", "--data", str(good), "--batch-size", "0"]) == 2
 
 
+def test_eval_commands_cannot_be_task_names():
+    from internvl.eval import tasks
+    with pytest.raises(ConfigError, match="'run' is an `internvl eval` command"):
+        tasks.register("run", object)
+
+
 @pytest.mark.slow
 def test_resume_after_kill_9_does_not_repeat_rows(checkpoint, tmp_path):
     """A run killed with SIGKILL mid-way, then run again: the first run's lines stay as they were, every row is
