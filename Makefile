@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench tiny lint clean
+.PHONY: demo test setup bench tiny eval-tiny lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,13 @@ bench: $(STAMP)
 # train the shipped tiny InternVL from scratch (about 80 minutes on 2 CPU cores) into src/internvl/tiny/model
 tiny: $(STAMP)
 	$(BIN)/python -m internvl.tiny.recipe --work scratch/tiny-recipe
+
+# the shipped tiny model on its world as VLMEvalKit files: export-shapes, then eval run (results in scratch/eval-tiny)
+EVAL_TINY := scratch/eval-tiny
+eval-tiny: $(STAMP)
+	$(BIN)/python -m internvl eval export-shapes --out $(EVAL_TINY)/bench --n 100
+	$(BIN)/python -m internvl eval run --out $(EVAL_TINY)/tiny --data $(EVAL_TINY)/bench/ShapesMCQ_circular.tsv \
+		--data $(EVAL_TINY)/bench/ShapesYN.tsv --data $(EVAL_TINY)/bench/ShapesVQA.tsv
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

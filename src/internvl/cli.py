@@ -130,6 +130,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.eval_command in EVAL_COMMANDS:  # else it names a task (`internvl eval shapes`)
+        EVAL_COMMANDS[args.eval_command][0](args)
+        return
     from .eval.report import format_table
     from .eval.runner import evaluate, from_args
     summary = evaluate(from_args(args))
@@ -139,11 +142,101 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote predictions.jsonl, summary.json and accuracy.png to {summary['out']}")
 
 
+def cmd_eval_run(args: argparse.Namespace) -> None:
+    from .eval.harness import RunConfig, run
+    from .eval.results import format_summary
+    from .train.args import from_namespace
+    cfg = from_namespace(args, RunConfig)
+    try:
+        summary = run(cfg)
+    except KeyboardInterrupt:  # every finished answer is already on disk
+        print("\ninterrupted: the answers so far are saved; the same command resumes", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(format_summary(summary))
+    for name, ds in {**summary["datasets"], **summary["unscored"]}.items():
+        print(f"{name}: {ds['generated']} rows generated, {ds['resumed']} resumed from an earlier run, "
+              f"{ds['failed']} failed, {ds['seconds']:.1f}s" + (f"; first failure: {ds['failures'][0]}"
+                                                                 if ds["failures"] else ""))
+    for name in summary["unscored"]:
+        print(f"{name}: no answer column, predictions only")
+    print(f"wrote predictions, summary.json, categories.csv and scores.png to {summary['out']}")
+
+
+def cmd_eval_score(args: argparse.Namespace) -> None:
+    from .eval.harness import ScoreConfig, score_files
+    from .eval.results import format_summary
+    from .train.args import from_namespace
+    summary = score_files(from_namespace(args, ScoreConfig))
+    print(format_summary(summary))
+    if "out" in summary:
+        print(f"wrote summary.json, categories.csv and scores.png to {summary['out']}")
+
+
+def cmd_eval_compare(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .eval.results import bar_chart, compare, load_summary
+    runs = []
+    for d in args.dirs:
+        summary = load_summary(d)
+        runs.append((summary.get("label") or Path(d).name, summary))
+    labels, series, table = compare(runs)
+    print(table)
+    bar_chart(labels, series, "scores in percent", args.out)
+    print(f"wrote {args.out}")
+
+
+def cmd_eval_export_shapes(args: argparse.Namespace) -> None:
+    from .errors import ConfigError
+    from .eval.export import export_shapes
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    paths = export_shapes(args.out, args.n, args.seed)
+    for path in paths:
+        print(f"wrote {path}")
+    print("evaluate the shipped tiny model on them with: internvl eval run " + " ".join(f"--data {p}" for p in paths))
+
+
+EVAL_COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
+    "run": (cmd_eval_run, "generate answers to VLMEvalKit benchmark files (TSV) with a model, then score them"),
+    "score": (cmd_eval_score, "score existing predictions (ours or VLMEvalKit's) against benchmark files, no model"),
+    "compare": (cmd_eval_compare, "several runs side by side: a table and one chart"),
+    "export-shapes": (cmd_eval_export_shapes, "write the tiny model's world as VLMEvalKit TSVs (MCQ, Y/N, VQA)"),
+}
+
+
+def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    from .eval.harness import RunConfig, ScoreConfig
+    from .eval.runner import add_arguments as add_task_arguments
+    from .eval.tasks import TASKS
+    from .train.args import add_arguments
+    sub = parser.add_subparsers(dest="eval_command", required=True,
+                                metavar="{" + ",".join([*EVAL_COMMANDS, *sorted(TASKS)]) + "}")
+    for name, (_, help_text) in EVAL_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "run":
+            add_arguments(p, RunConfig)
+        elif name == "score":
+            add_arguments(p, ScoreConfig)
+        elif name == "compare":
+            p.add_argument("dirs", nargs="+", metavar="DIR", help="output directories of eval run / eval score")
+            p.add_argument("--out", default="compare.png", help="the chart (default: compare.png)")
+        else:
+            p.add_argument("--out", required=True, help="directory for the three TSV files")
+            p.add_argument("--n", type=int, default=200, help="questions per file (default: 200)")
+            p.add_argument("--seed", type=int, default=0, help="first held-out seed")
+    for task in sorted(TASKS):
+        help_text = f"the {task} task: accuracy per question type and a blind baseline"
+        p = sub.add_parser(task, help=help_text, description=help_text)
+        add_task_arguments(p, task=False)
+        p.set_defaults(task=task)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "chat": (cmd_chat, "answer a question about images with a model"),
     "convert": (cmd_convert, "convert a checkpoint between the official and -hf layouts"),
     "info": (cmd_info, "print a model's configuration, parameter count and memory"),
-    "eval": (cmd_eval, "evaluate a model on a task: accuracy per question type and a blind baseline"),
+    "eval": (cmd_eval, "evaluate a model: benchmark files (run, score, compare, export-shapes) or a built-in task"),
     "demo": (cmd_demo, "the shipped tiny model answers questions about its example images"),
     "serve": (cmd_serve, "serve a model over an OpenAI-compatible HTTP API, with a web chat page"),
     "train": (cmd_train, "supervised fine-tuning on official-format data (torchrun for several processes)"),
@@ -165,8 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="write into an existing non-empty directory (replacing only the checkpoint's own "
                                 "files) or over an existing file")
         elif name == "eval":
-            from .eval.runner import add_arguments as add_eval_arguments
-            add_eval_arguments(p)
+            _add_eval_arguments(p)
         elif name == "info":
             p.add_argument("model", help="checkpoint directory, Hub repo id, or preset name")
         elif name == "serve":

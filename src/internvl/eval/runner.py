@@ -56,10 +56,12 @@ class EvalConfig:
     progress: bool = True  # a tqdm bar on stderr
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `internvl eval` options (one per EvalConfig field)."""
+def add_arguments(parser: argparse.ArgumentParser, task: bool = True) -> None:
+    """The `internvl eval TASK` options (one per EvalConfig field); `task=False` leaves out the positional
+    task name, for a parser that is already the task's own subcommand."""
     from .tasks import TASKS
-    parser.add_argument("task", choices=sorted(TASKS), help="evaluation task")
+    if task:
+        parser.add_argument("task", choices=sorted(TASKS), help="evaluation task")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="checkpoint directory or Hub repo id (default: the shipped tiny model)")
     parser.add_argument("--n", type=positive_int, default=500, help="number of held-out samples")

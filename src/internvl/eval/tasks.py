@@ -53,8 +53,13 @@ TASKS: dict[str, str | Callable[[], Task]] = {
 }
 
 
+RESERVED = ("run", "score", "compare", "export-shapes")  # the `internvl eval` commands beside the tasks
+
+
 def register(name: str, factory: Callable[[], Task]) -> None:
     """Add a task (a class or any zero-argument factory) under `name`."""
+    if name in RESERVED:
+        raise ConfigError(f"{name!r} is an `internvl eval` command, not available as a task name")
     if name in TASKS:
         raise ConfigError(f"an evaluation task named {name!r} is already registered")
     TASKS[name] = factory
