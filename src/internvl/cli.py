@@ -39,7 +39,9 @@ def cmd_info(args: argparse.Namespace) -> None:
           f"{v.norm_type}, tile {cfg.image_size}px / patch {v.patch_size}")
     print(f"llm         {llm.architecture} {llm.hidden_size}d x {llm.num_hidden_layers} layers, "
           f"{llm.num_attention_heads}/{llm.num_key_value_heads} heads, vocab {llm.vocab_size}"
-          + (f", {llm.num_experts} experts top-{llm.num_experts_per_tok}" if llm.num_experts else ""))
+          + (f", {llm.num_experts} experts top-{llm.num_experts_per_tok}" if llm.num_experts else "")
+          + (f", sliding window {llm.sliding_window} on {llm.all_layer_types.count('sliding_attention')} of "
+             f"{llm.num_hidden_layers} layers" if "sliding_attention" in llm.all_layer_types else ""))
     print(f"image       {cfg.num_image_token} tokens per tile, tiles {cfg.min_dynamic_patch}-{cfg.max_dynamic_patch}"
           f", thumbnail {cfg.use_thumbnail}, pixel shuffle {cfg.ps_version}, template {cfg.template}")
     print(f"parameters  {n:,} (vision {parts['vision_model']:,}, projector {parts['mlp1']:,}, "
@@ -52,6 +54,10 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from .runtime import resolve_dtype
     device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
     model, tokenizer = from_pretrained(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
+    if args.no_thinking:
+        from .processing.templates import get_template, without_thinking
+        without_thinking(get_template(model.config.template))  # a template without a thinking mode: say so
+        model.enable_thinking = False
     if args.quantize == "int8":
         from .quantize import quantize_int8
         quantize_int8(model)
@@ -178,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
             p.add_argument("--quantize", choices=["none", "int8"], default="none",
                            help="weight-only int8 for the LLM's linear layers")
+            p.add_argument("--no-thinking", action="store_true",
+                           help="answer without the thinking system prompt (Intern-S1 thinks by default)")
         elif name in ("train", "merge-lora"):
             from .train.args import MergeConfig, TrainConfig, add_arguments
             add_arguments(p, TrainConfig if name == "train" else MergeConfig)
