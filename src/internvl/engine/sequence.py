@@ -29,6 +29,7 @@ class Sequence:
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
     slot: int | None = None
     generator: torch.Generator | None = None
+    position_offset: float = 0.0  # V2PE: RoPE position minus cache index for every token after the prompt
 
     @property
     def finished(self) -> bool:
