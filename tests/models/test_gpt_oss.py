@@ -133,3 +133,24 @@ def test_yarn_inv_freq_equals_transformers():
         rope = RotaryEmbedding(llm)
         torch.testing.assert_close(rope.inv_freq, want, atol=0, rtol=0)
         assert rope.attention_scaling == pytest.approx(scaling) and scaling == pytest.approx(1.3465735902799727)
+
+
+def test_official_layout_round_trip(pair, tmp_path):
+    """GPT-OSS in the official layout (language_model.model.layers.*, llm_config GptOssForCausalLM) and back."""
+    import json
+
+    from internvl.checkpoint.loader import save_checkpoint
+    _, ours = pair
+    save_checkpoint(ours, tmp_path / "official", "official")
+    llm = json.loads((tmp_path / "official" / "config.json").read_text())["llm_config"]
+    assert llm["architectures"] == ["GptOssForCausalLM"] and llm["num_local_experts"] == 4
+    assert llm["layer_types"][:2] == ["sliding_attention", "full_attention"] and llm["sliding_window"] == WINDOW
+    back, _, layout = load_model(tmp_path / "official")
+    assert layout == "official" and back.config.llm == ours.config.llm
+    save_checkpoint(back, tmp_path / "hf", "hf")
+    again, _, _ = load_model(tmp_path / "hf")
+    ids = torch.tensor([prompt(40, seed=11)])
+    pix = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = ours(ids, pix).logits
+        assert torch.equal(back(ids, pix).logits, want) and torch.equal(again(ids, pix).logits, want)
