@@ -22,12 +22,14 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from .checkpoint.loader import build_model, read_config, resolve_path
+    from .checkpoint.loader import build_model, read_config, resolve_path, resolve_tie
     from .presets import PRESETS
     if args.model in PRESETS:
         cfg, source = PRESETS[args.model].config, f"preset {args.model}"
     else:
-        cfg, layout = read_config(resolve_path(args.model))
+        directory = resolve_path(args.model)
+        cfg, layout = read_config(directory)
+        cfg = resolve_tie(cfg, directory, layout)  # a -hf head counts once when the files tie it
         source = f"{args.model} ({layout} layout)"
     model = build_model(cfg)
     n = sum(p.numel() for p in model.parameters())

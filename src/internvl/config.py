@@ -267,7 +267,7 @@ class LLMConfig:
         max_position_embeddings original_max_position_embeddings tie_word_embeddings attention_bias mlp_bias bias
         qkv_bias num_experts num_experts_per_tok moe_intermediate_size norm_topk_prob decoder_sparse_step
         mlp_only_layers bos_token_id eos_token_id pad_token_id rope_type num_local_experts swiglu_alpha
-        swiglu_limit""".split())
+        swiglu_limit experts_per_token initial_context_length""".split())  # the last two: gpt-oss-20b's duplicates
 
     @classmethod
     def from_dict(cls, d: dict, architecture: str | None = None) -> LLMConfig:
