@@ -154,3 +154,16 @@ def test_official_layout_round_trip(pair, tmp_path):
     with torch.no_grad():
         want = ours(ids, pix).logits
         assert torch.equal(back(ids, pix).logits, want) and torch.equal(again(ids, pix).logits, want)
+
+
+def test_packed_training_rows_attend_per_sample(pair):
+    """Packed SFT rows (`Segments`): each sample sees only itself, with its own sinks and window."""
+    from internvl.models.layers import Segments
+    _, ours = pair
+    a, b = torch.randint(10, 160, (50,)), torch.randint(10, 160, (20,))
+    lm = ours.language_model
+    with torch.no_grad():
+        packed = lm(lm.embed_tokens(torch.cat([a, b])[None]), torch.cat([torch.arange(50), torch.arange(20)])[None],
+                    Segments(torch.cat([torch.zeros(50), torch.ones(20)]).long()[None]))
+        alone = [lm(lm.embed_tokens(x[None]), torch.arange(len(x))[None]) for x in (a, b)]
+    torch.testing.assert_close(packed[0], torch.cat([alone[0][0], alone[1][0]]), atol=1e-5, rtol=1e-5)
