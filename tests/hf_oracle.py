@@ -38,3 +38,23 @@ def make_hf(family: str, vision: dict | None = None, **top) -> torch.nn.Module:
     model = InternVLForConditionalGeneration(cfg).eval()
     randomize(model)
     return model
+
+
+def gpt_oss_text_config(window: int = 32, layers: int = 4, **overrides) -> dict:
+    """A tiny GPT-OSS text config: sliding (first) / full layers alternating, YaRN without truncation."""
+    tc = dict(model_type="gpt_oss", vocab_size=160, hidden_size=64, intermediate_size=64, num_hidden_layers=layers,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+              sliding_window=window, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+              rope_parameters={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                               "truncate": False, "original_max_position_embeddings": 64, "rope_theta": 150000.0})
+    tc.update(overrides)
+    return tc
+
+
+def make_hf_gpt_oss(tie_word_embeddings: bool = False, **text) -> torch.nn.Module:
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+    cfg = InternVLConfig(vision_config=VISION, text_config=gpt_oss_text_config(**text), image_token_id=IMAGE_TOKEN_ID,
+                         tie_word_embeddings=tie_word_embeddings)
+    model = InternVLForConditionalGeneration(cfg).eval()
+    randomize(model)
+    return model

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -43,6 +45,30 @@ def test_info_on_preset_and_checkpoint(tiny, capsys):
     assert f"{PRESETS['tiny-random'].params:,}" in out
     assert main(["info", str(tiny)]) == 0
     assert "official layout" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["InternVL3_5-GPT-OSS-20B-A4B", "Intern-S1", "Intern-S1-mini"])
+def test_info_shows_the_gpt_oss_and_intern_s1_presets(name, capsys):
+    assert main(["info", name]) == 0
+    out = capsys.readouterr().out
+    assert f"{PRESETS[name].params:,}" in out
+    assert ("sliding window 128 on 12 of 24 layers" in out) == ("GPT-OSS" in name)
+
+
+def test_chat_no_thinking(tiny, tmp_path, capsys):
+    """`--no-thinking` drops Intern-S1's thinking system prompt; a template without thinking says so (exit 2)."""
+    from internvl.chat import from_pretrained
+    assert main(["chat", "--model", str(tiny), "--no-thinking", "hi"]) == 2
+    assert "has no thinking mode" in capsys.readouterr().err
+    cfg = json.loads((tiny / "config.json").read_text())
+    s1 = tmp_path / "s1"
+    shutil.copytree(tiny, s1)
+    (s1 / "config.json").write_text(json.dumps({**cfg, "template": "interns1"}))
+    assert main(["chat", "--model", str(s1), "--no-thinking", "--max-new-tokens", "2", "hi"]) == 0
+    model, _ = from_pretrained(s1)
+    assert model._template().system_message.startswith("You are an expert reasoner")
+    model.enable_thinking = False
+    assert model._template().system_message == ""
 
 
 def test_convert_both_ways(tiny, tmp_path, capsys):

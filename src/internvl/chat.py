@@ -20,7 +20,7 @@ from .errors import ImageTokenMismatchError
 from .models.internvl import InternVL
 from .models.region_text import cosine, phrase_embeddings
 from .processing.prompt import IMG_CONTEXT_TOKEN, build_query, tokenize_query
-from .processing.templates import get_template, stop_strings
+from .processing.templates import get_template, stop_strings, without_thinking
 from .processing.tokenizer import Tokenizer
 
 
@@ -28,9 +28,11 @@ class InternVLChatModel(InternVL):
     """`InternVL` plus the official `chat` / `batch_chat` methods."""
 
     system_message: str | None = None  # set to override config.system_message / the template's own
+    enable_thinking: bool = True  # False switches a thinking template (Intern-S1) to answering directly
 
     def _template(self):
-        return get_template(self.config.template)
+        template = get_template(self.config.template)
+        return template if self.enable_thinking or not template.thinking else without_thinking(template)
 
     def _stop(self) -> str:
         """The token that ends a reply (the official chat() stops on the template separator)."""

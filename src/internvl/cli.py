@@ -23,12 +23,14 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from .checkpoint.loader import build_model, read_config, resolve_path
+    from .checkpoint.loader import build_model, read_config, resolve_path, resolve_tie
     from .presets import PRESETS
     if args.model in PRESETS:
         cfg, source = PRESETS[args.model].config, f"preset {args.model}"
     else:
-        cfg, layout = read_config(resolve_path(args.model))
+        directory = resolve_path(args.model)
+        cfg, layout = read_config(directory)
+        cfg = resolve_tie(cfg, directory, layout)  # a -hf head counts once when the files tie it
         source = f"{args.model} ({layout} layout)"
     model = build_model(cfg)
     n = sum(p.numel() for p in model.parameters())
@@ -40,7 +42,9 @@ def cmd_info(args: argparse.Namespace) -> None:
           f"{v.norm_type}, tile {cfg.image_size}px / patch {v.patch_size}")
     print(f"llm         {llm.architecture} {llm.hidden_size}d x {llm.num_hidden_layers} layers, "
           f"{llm.num_attention_heads}/{llm.num_key_value_heads} heads, vocab {llm.vocab_size}"
-          + (f", {llm.num_experts} experts top-{llm.num_experts_per_tok}" if llm.num_experts else ""))
+          + (f", {llm.num_experts} experts top-{llm.num_experts_per_tok}" if llm.num_experts else "")
+          + (f", sliding window {llm.sliding_window} on {llm.all_layer_types.count('sliding_attention')} of "
+             f"{llm.num_hidden_layers} layers" if "sliding_attention" in llm.all_layer_types else ""))
     print(f"image       {cfg.num_image_token} tokens per tile, tiles {cfg.min_dynamic_patch}-{cfg.max_dynamic_patch}"
           f", thumbnail {cfg.use_thumbnail}, pixel shuffle {cfg.ps_version}, template {cfg.template}")
     print(f"parameters  {n:,} (vision {parts['vision_model']:,}, projector {parts['mlp1']:,}, "
@@ -53,6 +57,10 @@ def cmd_chat(args: argparse.Namespace) -> None:
     from .runtime import resolve_dtype
     device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
     model, tokenizer = from_pretrained(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
+    if args.no_thinking:
+        from .processing.templates import get_template, without_thinking
+        without_thinking(get_template(model.config.template))  # a template without a thinking mode: say so
+        model.enable_thinking = False
     if args.quantize == "int8":
         from .quantize import quantize_int8
         quantize_int8(model)
@@ -284,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "not as text (the official chat()'s behaviour)")
             p.add_argument("--quantize", choices=["none", "int8"], default="none",
                            help="weight-only int8 for the LLM's linear layers")
+            p.add_argument("--no-thinking", action="store_true",
+                           help="answer without the thinking system prompt (Intern-S1 thinks by default)")
         elif name in ("train", "merge-lora"):
             from .train.args import MergeConfig, TrainConfig, add_arguments
             add_arguments(p, TrainConfig if name == "train" else MergeConfig)

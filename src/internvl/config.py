@@ -43,6 +43,8 @@ OFFICIAL_IGNORED = frozenset("""
 """.split())
 
 _QWEN3 = ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
+GPT_OSS = "GptOssForCausalLM"
+LAYER_TYPES = ("full_attention", "sliding_attention")
 LLM_ARCHITECTURES = (
     "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "LlamaForCausalLM",
     "InternLM2ForCausalLM", "InternLM3ForCausalLM", "Phi3ForCausalLM", "GptOssForCausalLM",
@@ -185,6 +187,11 @@ class LLMConfig:
     norm_topk_prob: bool = True
     decoder_sparse_step: int = 1
     mlp_only_layers: tuple[int, ...] = ()
+    # GPT-OSS: attention with learned sinks, sliding-window layers, clamped SwiGLU experts with biases
+    sliding_window: int | None = None  # keys a sliding layer's query sees, itself included
+    layer_types: tuple[str, ...] = ()  # per layer "full_attention" | "sliding_attention"; () = the family's
+    swiglu_alpha: float = 1.702
+    swiglu_limit: float = 7.0
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
@@ -196,7 +203,11 @@ class LLMConfig:
                               f"supported: {', '.join(LLM_ARCHITECTURES)}")
         qwen2, qwen3 = self.architecture == "Qwen2ForCausalLM", self.architecture in _QWEN3
         if self.attention_bias is None:
-            object.__setattr__(self, "attention_bias", qwen2)
+            object.__setattr__(self, "attention_bias", qwen2 or self.is_gpt_oss)
+        if self.is_gpt_oss:
+            self._check_gpt_oss()
+        elif self.layer_types and set(self.layer_types) != {"full_attention"}:
+            raise ConfigError(f"sliding-window layers are only implemented for GPT-OSS, not {self.architecture}")
         if self.qk_norm is None:
             object.__setattr__(self, "qk_norm", qwen3)
         # these flags are not written to the backbone's config.json, so they must be the family's
@@ -212,6 +223,36 @@ class LLMConfig:
         if self.num_experts and not (0 < self.num_experts_per_tok <= self.num_experts):
             raise ConfigError(f"num_experts_per_tok {self.num_experts_per_tok} must be in 1..{self.num_experts}")
 
+    def _check_gpt_oss(self) -> None:
+        object.__setattr__(self, "attention_out_bias", self.attention_bias)  # one flag for q/k/v and o alike
+        if not self.num_experts:
+            raise ConfigError("a GPT-OSS backbone needs num_experts (num_local_experts) > 0")
+        if self.decoder_sparse_step != 1 or self.mlp_only_layers:
+            raise ConfigError("every GPT-OSS layer is a MoE layer (no decoder_sparse_step / mlp_only_layers)")
+        if self.layer_types:
+            if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise ConfigError(f"layer_types must list one of {LAYER_TYPES} per layer "
+                                  f"({self.num_hidden_layers}), got {list(self.layer_types)}")
+        if "sliding_attention" in self.all_layer_types and not (self.sliding_window or 0) >= 1:
+            raise ConfigError(f"sliding-window layers need sliding_window >= 1, got {self.sliding_window}")
+
+    @property
+    def is_gpt_oss(self) -> bool:
+        return self.architecture == GPT_OSS
+
+    @property
+    def all_layer_types(self) -> tuple[str, ...]:
+        """Attention kind of every layer: the config's list, or GPT-OSS's default (sliding first, then alternating)."""
+        if self.layer_types:
+            return self.layer_types
+        if self.is_gpt_oss:
+            return tuple("sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(self.num_hidden_layers))
+        return ("full_attention",) * self.num_hidden_layers
+
+    def window(self, layer: int) -> int | None:
+        """Keys a query of `layer` may see (itself included), or None for full attention."""
+        return self.sliding_window if self.all_layer_types[layer] == "sliding_attention" else None
+
     @property
     def dim_per_head(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
@@ -225,7 +266,8 @@ class LLMConfig:
         num_key_value_heads head_dim hidden_act rms_norm_eps rope_theta rope_scaling rope_parameters
         max_position_embeddings original_max_position_embeddings tie_word_embeddings attention_bias mlp_bias bias
         qkv_bias num_experts num_experts_per_tok moe_intermediate_size norm_topk_prob decoder_sparse_step
-        mlp_only_layers bos_token_id eos_token_id pad_token_id rope_type num_local_experts""".split())
+        mlp_only_layers bos_token_id eos_token_id pad_token_id rope_type num_local_experts swiglu_alpha
+        swiglu_limit experts_per_token initial_context_length""".split())  # the last two: gpt-oss-20b's duplicates
 
     @classmethod
     def from_dict(cls, d: dict, architecture: str | None = None) -> LLMConfig:
@@ -257,6 +299,16 @@ class LLMConfig:
             kw.update(attention_bias=bias, attention_out_bias=bias, mlp_bias=d.get("mlp_bias", d.get("bias", False)))
         elif arch == "InternLM2ForCausalLM":
             kw.update(attention_bias=d.get("bias", True), attention_out_bias=d.get("bias", True))
+        if arch == GPT_OSS:
+            # experts are `intermediate_size` wide; every layer is sparse
+            layer_types = tuple(d.get("layer_types") or ())
+            kw.update(attention_bias=d.get("attention_bias", True), num_experts=d.get("num_local_experts", d.get("num_experts")),
+                      num_experts_per_tok=d["num_experts_per_tok"], moe_intermediate_size=d["intermediate_size"],
+                      sliding_window=d.get("sliding_window", 128), swiglu_alpha=d.get("swiglu_alpha", 1.702),
+                      swiglu_limit=d.get("swiglu_limit", 7.0), layer_types=layer_types)
+            default = cls(**{**kw, "layer_types": ()}).all_layer_types
+            if layer_types == default:
+                kw["layer_types"] = ()  # the family's pattern; keep configs canonical (and truncatable)
         if arch == "Qwen3MoeForCausalLM":
             kw.update(num_experts=d.get("num_experts", d.get("num_local_experts")), num_experts_per_tok=d["num_experts_per_tok"],
                       moe_intermediate_size=d["moe_intermediate_size"], norm_topk_prob=d.get("norm_topk_prob", True),
@@ -298,6 +350,12 @@ class LLMConfig:
             d["bias"] = self.attention_bias
         elif a in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM"):
             d["attention_bias"] = self.attention_bias
+        if self.is_gpt_oss:
+            d.update(attention_bias=self.attention_bias, intermediate_size=self.moe_intermediate_size,
+                     num_local_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
+                     sliding_window=self.sliding_window, layer_types=list(self.all_layer_types),
+                     swiglu_alpha=self.swiglu_alpha, swiglu_limit=self.swiglu_limit)
+            return d
         if self.num_experts:
             d.update(num_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
                      moe_intermediate_size=self.moe_intermediate_size, norm_topk_prob=self.norm_topk_prob,
@@ -337,8 +395,13 @@ class InternVLConfig:
     max_dynamic_patch: int = 12
     image_token_id: int | None = None  # id of <IMG_CONTEXT>; official configs leave it to the tokenizer
     system_message: str | None = None  # overrides the template's system message (official config key)
+    # V2PE (InternVL3 paper): each image token advances the RoPE position by this much instead of 1; None = off
+    v2pe_stride: float | None = None
 
     def __post_init__(self) -> None:
+        if self.v2pe_stride is not None and not 0 < self.v2pe_stride <= 1:
+            raise ConfigError(f"v2pe_stride must be in (0, 1] (the position step of one image token), "
+                              f"got {self.v2pe_stride}")
         if self.ps_version not in ("v1", "v2"):
             raise ConfigError(f"ps_version must be 'v1' or 'v2', got {self.ps_version!r}")
         r = 1 / self.downsample_ratio
@@ -368,7 +431,8 @@ class InternVLConfig:
 
     # ---------------- official layout ----------------
     _OFFICIAL_TOP = ("template", "select_layer", "downsample_ratio", "ps_version", "force_image_size",
-                     "dynamic_image_size", "use_thumbnail", "min_dynamic_patch", "max_dynamic_patch", "system_message")
+                     "dynamic_image_size", "use_thumbnail", "min_dynamic_patch", "max_dynamic_patch", "system_message",
+                     "v2pe_stride")
 
     @classmethod
     def from_official(cls, d: dict) -> InternVLConfig:
@@ -387,9 +451,10 @@ class InternVLConfig:
 
     def to_official(self) -> dict:
         d: dict[str, Any] = {"architectures": ["InternVLChatModel"], "model_type": "internvl_chat"}
-        d.update({k: getattr(self, k) for k in self._OFFICIAL_TOP if k != "system_message"})
-        if self.system_message is not None:
-            d["system_message"] = self.system_message
+        d.update({k: getattr(self, k) for k in self._OFFICIAL_TOP if k not in ("system_message", "v2pe_stride")})
+        for key in ("system_message", "v2pe_stride"):  # written only when set: absent means the default
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
         d["vision_config"] = self.vision.to_official()
         d["llm_config"] = self.llm.to_dict()
         d["use_backbone_lora"] = 0
@@ -420,7 +485,9 @@ class InternVLConfig:
         if isinstance(layer, list):
             raise ConfigError("a list vision_feature_layer is not an InternVL setting")
         text = dict(d["text_config"])
-        text.setdefault("tie_word_embeddings", d.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+        # transformers 5 ties the LM head by the top-level flag (default True) and ignores text_config's; the
+        # loader unties again when the checkpoint holds an lm_head.weight of its own (`checkpoint.loader`)
+        text["tie_word_embeddings"] = bool(d.get("tie_word_embeddings", True))
         settings = {k: d[k] for k in ("template", "system_message") if d.get(k) is not None}
         settings.update(image_settings)
         return cls(vision=VisionConfig.from_hf(d["vision_config"]), llm=LLMConfig.from_dict(text),
@@ -430,6 +497,9 @@ class InternVLConfig:
     def to_hf(self) -> dict:
         """The -hf `config.json`; the tiling settings go to the processor files (see checkpoint/loader.py).
         `template` (and `system_message`) are ours, kept so that a conversion back restores them."""
+        if self.v2pe_stride is not None:
+            raise ConfigError("the -hf layout has no V2PE setting; this model uses v2pe_stride "
+                              f"{self.v2pe_stride} (save it in the official layout)")
         if self.ps_version != "v2":
             raise ConfigError("the -hf layout only has pixel shuffle v2; this model uses ps_version 'v1'")
         if self.llm.architecture not in HF_MODEL_TYPES:

@@ -82,7 +82,11 @@ def generate(model: InternVL, input_ids: torch.Tensor, attention_mask: torch.Ten
     cache = DynamicCache()
     if pixel_values is not None:
         pixel_values = pixel_values.to(device)
-    logits = model(input_ids, pixel_values, attention_mask=mask, cache=cache).logits[:, -1]
+    # V2PE positions are not the token count: track them (without V2PE the mask's running count is the same)
+    v2pe = model.config.v2pe_stride is not None
+    positions = model.rope_positions(input_ids, mask) if v2pe else None
+    logits = model(input_ids, pixel_values, attention_mask=mask, cache=cache, position_ids=positions).logits[:, -1]
+    next_position = positions[:, -1:] + 1 if v2pe else None
     done = torch.zeros(b, dtype=torch.bool, device=device)
     out = []
     for step in range(cfg.max_new_tokens):
@@ -96,7 +100,9 @@ def generate(model: InternVL, input_ids: torch.Tensor, attention_mask: torch.Ten
         # generated tokens are plain text even if one happens to be <IMG_CONTEXT>: embed them directly
         embeds = model.language_model.embed_tokens(nxt[:, None])
         logits = model(nxt[:, None], attention_mask=mask, cache=cache, past_len=mask.shape[1] - 1,
-                       inputs_embeds=embeds).logits[:, -1]
+                       inputs_embeds=embeds, position_ids=next_position).logits[:, -1]
+        if v2pe:
+            next_position = next_position + 1
     if not out:
         return torch.empty(b, 0, dtype=torch.long, device=device)
     return torch.stack(out, dim=1)

@@ -87,10 +87,21 @@ QWEN3_30B_A3B = LLMConfig(**{**_QWEN3, "architecture": "Qwen3MoeForCausalLM"}, *
                           num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768)
 QWEN3_235B_A22B = LLMConfig(**{**_QWEN3, "architecture": "Qwen3MoeForCausalLM"}, **_dims(4096, 12288, 94, 64, 4),
                             num_experts=128, num_experts_per_tok=8, moe_intermediate_size=1536)
+# gpt-oss-20b: layers alternate sliding (128 keys, first) and full attention; YaRN x32 without truncation
 GPT_OSS_20B = LLMConfig(architecture="GptOssForCausalLM", vocab_size=201088, **_dims(2880, 2880, 24, 64, 8),
                         head_dim=64, rms_norm_eps=1e-5, rope_theta=150000.0, max_position_embeddings=131072,
-                        num_experts=32, num_experts_per_tok=4, moe_intermediate_size=2880, eos_token_id=200002,
-                        pad_token_id=199999)
+                        rope_scaling={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                      "truncate": False, "original_max_position_embeddings": 4096},
+                        sliding_window=128, num_experts=32, num_experts_per_tok=4, moe_intermediate_size=2880,
+                        eos_token_id=200002, pad_token_id=199999)
+
+
+def _intern_s1(vision: VisionConfig, llm: LLMConfig, params: int, published: str) -> Preset:
+    """Intern-S1 / -mini (`internlm/Intern-S1[-mini]`, sizes from xtuner's `InternS1Config` / `InternS1MiniConfig`):
+    InternVL3.5's vision tower and projector, a Qwen3(-MoE) backbone with 153,216 vocabulary rows (the base
+    BPE plus the SMILES / IUPAC / FASTA sub-tokenizers' ids), the `interns1` template (thinking on)."""
+    return Preset(InternVLConfig(vision=vision, llm=llm, template="interns1", force_image_size=448),
+                  params=params, published=published)
 
 
 def _v3(llm: LLMConfig) -> LLMConfig:
@@ -158,8 +169,11 @@ PRESETS: dict[str, Preset] = {
     "InternVL3_5-38B": _official(VIT_6B, QWEN3_32B, 38_390_405_504, "38.4B"),
     "InternVL3_5-30B-A3B": _official(VIT_300M, QWEN3_30B_A3B, 30_848_730_112, "30.8B"),
     "InternVL3_5-241B-A28B": _official(VIT_6B, QWEN3_235B_A22B, 240_699_370_368, "240.7B"),
-    # the GPT-OSS backbone is not implemented yet: this preset records the shape only
     "InternVL3_5-GPT-OSS-20B-A4B": _official(VIT_300M, GPT_OSS_20B, 21_238_874_304, "21.2B", "internvl3_5_gpt_oss"),
+    # Intern-S1 (scientific, the InternVL3.5 architecture in the `interns1` layout)
+    # (published: the paper's "241B total"; the mini's card names an 8B LLM + 0.3B ViT, i.e. about 8.5B)
+    "Intern-S1": _intern_s1(VIT_6B, dataclasses.replace(QWEN3_235B_A22B, vocab_size=153216), 240_709_856_128, "241B"),
+    "Intern-S1-mini": _intern_s1(VIT_300M, dataclasses.replace(QWEN3_8B, vocab_size=153216), 8_538_804_224, "8.5B"),
 }
 
 

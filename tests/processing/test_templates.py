@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from internvl.errors import TemplateError
-from internvl.processing.templates import TEMPLATES, get_template, render, render_spans, stop_strings
+from internvl.processing.templates import (TEMPLATES, get_template, render, render_spans, stop_strings,
+                                           without_thinking)
 
 # Byte-exact copies of the official system messages (internvl_chat/internvl/conversation.py).
 SYS25 = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
@@ -15,6 +16,12 @@ SYS1 = "你是由上海人工智能实验室联合商汤科技开发的书生多
 SYS_OSS = ("You are InternVL, a large language model trained by Shanghai AI Laboratory.\nKnowledge cutoff: 2024-06\n"
            "Current date: 2025-08-06\n\nReasoning: low\n\n# Valid channels: final. Channel must be included for "
            "every message.")
+
+# Intern-S1's default_thinking_sys (its chat template's, also ms-swift's InternS1Template default system)
+SYS_S1 = ("You are an expert reasoner with extensive experience in all areas. You approach problems through "
+          "systematic thinking and rigorous reasoning. Your response should reflect deep understanding and precise "
+          "logical thinking, making your solution path and reasoning clear to others. Please put your thinking "
+          "process within <think>...</think> tags.")
 
 SINGLE = [(0, "<image>\nWhat is it?"), (1, None)]
 MULTI = [(0, "Hi"), (1, "Hello"), (0, "Why?"), (1, None)]
@@ -47,6 +54,11 @@ GOLDEN = [
     ("internvl3_5_gpt_oss", "S", MULTI[:3] + [(1, "Fine.")],
      "<|start|>system<|message|>S<|end|><|start|>user<|message|>Hi<|end|><|start|>assistantHello<|end|>"
      "<|start|>user<|message|>Why?<|end|><|start|>assistantFine.<|return|>"),
+    # Intern-S1: thinking on by default (the thinking system prompt), ChatML turns
+    ("interns1", None, SINGLE, f"<|im_start|>system\n{SYS_S1}<|im_end|>\n<|im_start|>user\n<image>\nWhat is it?"
+                               "<|im_end|>\n<|im_start|>assistant\n"),
+    ("interns1", "S", MULTI, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+                             "Hello<|im_end|>\n<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"),
 ]
 
 
@@ -102,9 +114,33 @@ def test_open_prompt_has_no_supervised_part():
 @pytest.mark.parametrize("name, want", [
     ("internvl2_5", ["<|im_end|>"]), ("Hermes-2", ["<|im_end|>", "<|endoftext|>"]),
     ("internlm2-chat", ["<|im_end|>"]), ("phi3-chat", ["<|end|>"]), ("internvl_zh", ["</s>"]),
-    ("internvl3_5_gpt_oss", ["<|return|>"])])
+    ("internvl3_5_gpt_oss", ["<|return|>"]), ("interns1", ["<|im_end|>"])])
 def test_stop_strings(name, want):
     assert stop_strings(get_template(name)) == want
+
+
+def test_gpt_oss_training_spans_are_the_official_targets():
+    """preprocess_internvl3_5_gpt_oss: every reply is <|start|>assistant<|channel|>final<|message|>...<|return|>,
+    only `<|start|>assistant` unsupervised; chat rendering (training=False) is unchanged."""
+    t = get_template("internvl3_5_gpt_oss")
+    spans = render_spans(t, [(0, "Hi"), (1, "Hello"), (0, "Why?"), (1, "Fine.")], system_message="S", training=True)
+    assert spans == [("<|start|>system<|message|>S<|end|><|start|>user<|message|>Hi<|end|><|start|>assistant", False),
+                     ("<|channel|>final<|message|>Hello<|return|>", True),
+                     ("<|start|>user<|message|>Why?<|end|><|start|>assistant", False),
+                     ("<|channel|>final<|message|>Fine.<|return|>", True)]
+    # other templates train on what they chat in
+    conv = [(0, "Q"), (1, "A")]
+    assert render_spans(get_template("internvl2_5"), conv, training=True) == render_spans(get_template("internvl2_5"), conv)
+
+
+def test_interns1_thinking_switch():
+    t = get_template("interns1")
+    assert t.thinking
+    off = without_thinking(t)
+    assert render(off, SINGLE) == "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n"
+    assert render(off, SINGLE, system_message="S") == render(t, SINGLE, system_message="S")  # a given system stays
+    with pytest.raises(TemplateError, match="has no thinking mode to switch off .*interns1"):
+        without_thinking(get_template("internvl2_5"))
 
 
 def test_errors():

@@ -60,8 +60,11 @@ def write_dataset(tmp_path, lines: list[str], name: str = "d", **meta) -> tuple[
 
 
 # template -> what each assistant reply must look like as a supervised run (reply + its closing separator)
+# GPT-OSS trains on the `final` channel and ends every reply with <|return|> (preprocess_internvl3_5_gpt_oss)
 CLOSE = {"internvl2_5": ["<|im_end|>"] * 2, "Hermes-2": ["<|im_end|>"] * 2, "internlm2-chat": ["<|im_end|>"] * 2,
-         "phi3-chat": ["<|end|>"] * 2, "internvl_zh": ["</s>"] * 2, "internvl3_5_gpt_oss": ["<|end|>", "<|return|>"]}
+         "phi3-chat": ["<|end|>"] * 2, "internvl_zh": ["</s>"] * 2, "internvl3_5_gpt_oss": ["<|return|>"] * 2,
+         "interns1": ["<|im_end|>"] * 2}
+OPEN = {"internvl3_5_gpt_oss": "<|channel|>final<|message|>"}
 
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
@@ -70,10 +73,45 @@ def test_labels_are_exactly_the_assistant_replies(template, root):
     turns = conv("<image>\nWhat is it?", "A red box.", "And 你好?", "Yes 好")
     record = {"image": "wide.png", "conversations": turns}
     s = build_sample(record, TOK, cfg(template=template), str(root), "t.jsonl:1")
-    assert supervised_runs(s) == [a + c for a, c in zip(["A red box.", "Yes 好"], CLOSE[template])]
+    assert supervised_runs(s) == [OPEN.get(template, "") + a + c for a, c in zip(["A red box.", "Yes 好"],
+                                                                                  CLOSE[template])]
     assert not torch.isin(s.input_ids[s.labels != IGNORE_INDEX], torch.tensor([CTX])).any()
     assert int((s.input_ids == CTX).sum()) == 16 * sum(s.num_tiles)
     assert s.input_ids.dtype == s.labels.dtype == torch.long and s.labels.shape == s.input_ids.shape
+
+
+def test_gpt_oss_labels_with_its_special_tokens(root):
+    """With the harmony tokens as single ids: exactly `<|start|>assistant` of each reply is unsupervised."""
+    specials = ("<|start|>", "<|message|>", "<|channel|>", "<|end|>", "<|return|>", "<img>", "</img>", "<IMG_CONTEXT>")
+    tok = byte_tokenizer(specials)
+    s = build_sample({"conversations": conv("Hi", "Yo", "Why?", "Fine")}, tok,
+                     cfg(template="internvl3_5_gpt_oss", system_message=None), str(root), "t.jsonl:1")
+    text = tok.decode(s.input_ids.tolist())
+    assert text.endswith("<|start|>user<|message|>Hi<|end|><|start|>assistant<|channel|>final<|message|>Yo<|return|>"
+                         "<|start|>user<|message|>Why?<|end|><|start|>assistant<|channel|>final<|message|>Fine<|return|>")
+    assert text.startswith("<|start|>system<|message|>You are InternVL")
+    assert supervised_runs(s, tok) == ["<|channel|>final<|message|>Yo<|return|>",
+                                       "<|channel|>final<|message|>Fine<|return|>"]
+
+
+def test_v2pe_positions_ride_along_and_pack(root):
+    """With v2pe_stride each sample carries V2PE positions; packed rows restart them per sample (float32)."""
+    record = {"image": "wide.png", "conversations": conv("What is it?", "A box.")}
+    plain = build_sample(record, TOK, cfg(max_dynamic_patch=1), str(root), "t.jsonl:1")
+    s = build_sample(record, TOK, cfg(max_dynamic_patch=1, v2pe_stride=0.25), str(root), "t.jsonl:1")
+    assert plain.position_ids is None and torch.equal(s.input_ids, plain.input_ids)
+    img = (s.input_ids == CTX).nonzero().flatten()
+    first = int(img[0])
+    assert s.position_ids[first - 1] == first - 1  # text before the image: 0, 1, ...
+    assert torch.equal(s.position_ids[img], first - 1 + 0.25 * torch.arange(1, 17, dtype=torch.float32))
+    assert s.position_ids[int(img[-1]) + 1] == first - 1 + 4 + 1  # ceil(last image position) + 1
+    batch = PackedCollator(pad_id=0, max_tokens=4096)([s, s])
+    assert batch.position_ids.dtype == torch.float32
+    n = len(s.input_ids)
+    assert torch.equal(batch.position_ids[0, :n], s.position_ids) and torch.equal(batch.position_ids[0, n:2 * n],
+                                                                                  s.position_ids)
+    with pytest.raises(ConfigError, match="v2pe_stride must be in"):
+        cfg(v2pe_stride=0)
 
 
 def test_internlm2_chat_strips_turns_and_bos_is_never_supervised(root):

@@ -73,6 +73,10 @@ for _p in ("q_proj", "k_proj", "v_proj", "o_proj"):
 for _p in ("gate_proj", "up_proj", "down_proj"):
     for _t in ("weight", "bias"):
         _LLAMA_LIKE[f"layers.{{i}}.mlp.{_p}.{_t}"] = f"model.layers.{{i}}.mlp.{_p}.{_t}"
+# GPT-OSS: attention sinks, a router with bias, experts stored stacked (gate/up interleaved), with biases
+for _n in ("self_attn.sinks", "mlp.router.weight", "mlp.router.bias", "mlp.experts.gate_up_proj",
+           "mlp.experts.gate_up_proj_bias", "mlp.experts.down_proj", "mlp.experts.down_proj_bias"):
+    _LLAMA_LIKE[f"layers.{{i}}.{_n}"] = f"model.layers.{{i}}.{_n}"
 
 _INTERNLM2 = {
     "embed_tokens.weight": "model.tok_embeddings.weight",
@@ -91,8 +95,11 @@ _INTERNLM2 = {
 DROPPABLE = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias$|\.masked_bias$)")
 
 
-def _llm_rules(cfg: InternVLConfig, prefix: str) -> list[Rule]:
-    """Rules for `language_model.*`; `prefix` is the checkpoint prefix of the LLM (e.g. 'language_model.')."""
+def _llm_rules(cfg: InternVLConfig, prefix: str, mxfp4: bool = False) -> list[Rule]:
+    """Rules for `language_model.*`; `prefix` is the checkpoint prefix of the LLM (e.g. 'language_model.').
+
+    `mxfp4`: the checkpoint stores GPT-OSS experts as MXFP4 `*_blocks` + `*_scales` (read-only: dequantized).
+    """
     llm = cfg.llm
     arch = llm.architecture
     ours = "language_model.layers.{i}."
@@ -109,7 +116,11 @@ def _llm_rules(cfg: InternVLConfig, prefix: str) -> list[Rule]:
         rules.append(Rule(qkv, (theirs + "self_attn.qkv_proj.weight",), *T.split_rows([q, kv, kv])))
         rules.append(Rule((ours + "mlp.gate_proj.weight", ours + "mlp.up_proj.weight"),
                           (theirs + "mlp.gate_up_proj.weight",), *T.split_rows([llm.intermediate_size] * 2)))
-    if llm.num_experts:
+    if mxfp4:
+        for proj in ("gate_up_proj", "down_proj"):
+            base = theirs + f"mlp.experts.{proj}"
+            rules.append(Rule((ours + f"mlp.experts.{proj}",), (base + "_blocks", base + "_scales"), *T.mxfp4()))
+    if llm.num_experts and not llm.is_gpt_oss:
         base = theirs + "mlp.experts."
         experts = range(llm.num_experts)
         rules.append(Rule((ours + "mlp.experts.gate_up_proj",),
@@ -121,14 +132,14 @@ def _llm_rules(cfg: InternVLConfig, prefix: str) -> list[Rule]:
     return rules + [_one(f"language_model.{k}", prefix + v) for k, v in table.items()]
 
 
-def official_rules(cfg: InternVLConfig) -> list[Rule]:
+def official_rules(cfg: InternVLConfig, mxfp4: bool = False) -> list[Rule]:
     """Our names <-> the official `InternVLChatModel` checkpoint."""
     rules = [_one(f"mlp1.{i}.{t}", f"mlp1.{i}.{t}") for i in ("0", "1", "3") for t in ("weight", "bias")]
     rules.append(_one("vision_model.{rest}", "vision_model.{rest}"))
-    return _llm_rules(cfg, "language_model.") + rules
+    return _llm_rules(cfg, "language_model.", mxfp4) + rules
 
 
-def hf_rules(cfg: InternVLConfig) -> list[Rule]:
+def hf_rules(cfg: InternVLConfig, mxfp4: bool = False) -> list[Rule]:
     """Our names <-> the `-hf` `InternVLForConditionalGeneration` checkpoint (as transformers saves it)."""
     rules = []
     for t in ("weight", "bias"):
@@ -137,7 +148,7 @@ def hf_rules(cfg: InternVLConfig) -> list[Rule]:
                           *T.concat_rows()))
         rules += [_one(f"mlp1.{i}.{t}", f"multi_modal_projector.{n}.{t}") for i, n in _HF_PROJECTOR.items()]
     rules += [_one(f"vision_model.{k}", f"vision_tower.{v}") for k, v in _HF_VISION.items()]
-    return _llm_rules(cfg, "language_model.") + rules
+    return _llm_rules(cfg, "language_model.", mxfp4) + rules
 
 
 def normalize_hf_key(key: str) -> str:

@@ -18,6 +18,7 @@ destination unless asked to overwrite.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,6 +38,10 @@ from .safetensors_io import INDEX, TensorReader, write_sharded
 logger = logging.getLogger(__name__)
 
 OFFICIAL, HF = "official", "hf"
+# Intern-S1 / Intern-S1-mini: the -hf tensor names (`model.vision_tower.*`, `model.language_model.*`, `lm_head`)
+# under their own config (`model_type: interns1`); loaded like -hf, never written.
+INTERNS1 = "interns1"
+HF_FAMILY = (HF, INTERNS1)
 # Files that travel with the weights when a checkpoint is converted or re-saved.
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
               "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json", "chat_template.jinja",
@@ -44,7 +49,8 @@ SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.jso
 # `internvl train` writes this file beside its checkpoint-STEP dirs, naming the newest complete one.
 LATEST_POINTER = "latest"
 # Default template for -hf checkpoints whose config does not name one (those not written by this project).
-_HF_TEMPLATES = {"InternLM2ForCausalLM": "internlm2-chat", "Phi3ForCausalLM": "phi3-chat"}
+_HF_TEMPLATES = {"InternLM2ForCausalLM": "internlm2-chat", "Phi3ForCausalLM": "phi3-chat",
+                 "GptOssForCausalLM": "internvl3_5_gpt_oss"}
 PREPROCESSOR, PROCESSOR = "preprocessor_config.json", "processor_config.json"
 # The weight files of a checkpoint: an earlier save's that the new one does not rewrite are stale.
 _WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors|" + re.escape(INDEX))
@@ -84,8 +90,7 @@ def resolve_path(path_or_repo: str | os.PathLike) -> Path:
         raise CheckpointError(f"{text}: not a local directory and could not be fetched from the Hub ({e})") from e
 
 
-def read_config(directory: str | os.PathLike) -> tuple[InternVLConfig, str]:
-    """Read `config.json` of either layout -> (config, layout)."""
+def _read_json(directory: str | os.PathLike) -> dict:
     path = Path(directory) / "config.json"
     if not path.exists():
         raise CheckpointError(f"{directory}: no config.json")
@@ -93,18 +98,32 @@ def read_config(directory: str | os.PathLike) -> tuple[InternVLConfig, str]:
         d = json.loads(path.read_text())
     except ValueError as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: a JSON object was expected, found {type(d).__name__}")
+    return d
+
+
+def read_config(directory: str | os.PathLike) -> tuple[InternVLConfig, str]:
+    """Read `config.json` of any layout -> (config, layout)."""
+    d = _read_json(directory)
     if "llm_config" in d:
         return InternVLConfig.from_official(d), OFFICIAL
     if "text_config" in d:
-        return InternVLConfig.from_hf(d, **_hf_image_settings(Path(directory), d)), HF
-    raise CheckpointError(f"{path}: neither an official (llm_config) nor a -hf (text_config) InternVL config")
+        layout = INTERNS1 if d.get("model_type") == "interns1" else HF
+        return InternVLConfig.from_hf(d, **_hf_image_settings(Path(directory), d, layout)), layout
+    raise CheckpointError(f"{Path(directory) / 'config.json'}: neither an official (llm_config) nor a -hf "
+                          "(text_config) InternVL config")
 
 
-def _hf_image_settings(directory: Path, d: dict) -> dict:
+def _hf_image_settings(directory: Path, d: dict, layout: str = HF) -> dict:
     """Tiling settings of a -hf checkpoint live in its processor files (see the module docstring)."""
     settings: dict = {}
-    if "template" not in d:
-        arch = (d["text_config"].get("architectures") or [""])[0]
+    if layout == INTERNS1:
+        settings["template"] = "interns1"
+    elif "template" not in d:
+        text = d["text_config"]
+        arch = ((text.get("architectures") or [""])[0]
+                or {"gpt_oss": "GptOssForCausalLM"}.get(text.get("model_type"), ""))
         settings["template"] = _HF_TEMPLATES.get(arch, "internvl2_5")
     for name in (PREPROCESSOR, PROCESSOR):
         f = directory / name
@@ -140,17 +159,18 @@ def hf_processor_files(cfg: InternVLConfig, directory: Path | None = None) -> di
              "size": {"height": cfg.image_size, "width": cfg.image_size}}
     defaults = {"do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
                 "do_normalize": True, **_IMAGE_NORM, "do_convert_rgb": True}
-    old_image = _read_json(directory / PREPROCESSOR) if directory is not None else {}
+    old_image = _read_json_file(directory / PREPROCESSOR) if directory is not None else {}
     if not str(old_image.get("image_processor_type", "")).startswith("GotOcr2"):
         old_image = {}
-    processor = _read_json(directory / PROCESSOR) if directory is not None else {}
+    processor = _read_json_file(directory / PROCESSOR) if directory is not None else {}
     processor.update(processor_class="InternVLProcessor", image_seq_length=cfg.num_image_token)
     if isinstance(processor.get("image_processor"), dict):  # the nested form: keep it in agreement
         processor["image_processor"] = {**processor["image_processor"], **image}
     return {PREPROCESSOR: {**defaults, **old_image, **image}, PROCESSOR: processor}
 
 
-def _read_json(path: Path) -> dict:
+def _read_json_file(path: Path) -> dict:
+    """A JSON object from `path`, or {} when it is missing or not a JSON object (files we only update)."""
     try:
         d = json.loads(path.read_text()) if path.is_file() else {}
     except ValueError:
@@ -158,18 +178,53 @@ def _read_json(path: Path) -> dict:
     return d if isinstance(d, dict) else {}
 
 
-def _rules(cfg: InternVLConfig, layout: str) -> list[keymaps.Rule]:
-    return keymaps.official_rules(cfg) if layout == OFFICIAL else keymaps.hf_rules(cfg)
+def _rules(cfg: InternVLConfig, layout: str, mxfp4: bool = False) -> list[keymaps.Rule]:
+    return keymaps.official_rules(cfg, mxfp4) if layout == OFFICIAL else keymaps.hf_rules(cfg, mxfp4)
+
+
+def _checkpoint_keys(reader: TensorReader, layout: str) -> dict[str, str]:
+    """Normalized name -> name in the files."""
+    return {keymaps.normalize_hf_key(k) if layout in HF_FAMILY else k: k for k in reader.keys()}
+
+
+def resolve_tie(cfg: InternVLConfig, directory: str | os.PathLike, layout: str) -> InternVLConfig:
+    """Tie the LM head to the embeddings the way the layout's own code does, from what the files hold.
+
+    -hf (transformers 5): the top-level `tie_word_embeddings` (default True) decides, and a saved
+    `lm_head.weight` that differs from the embeddings unties again; a file without `lm_head.weight` is tied
+    when either config level says so (a transformers 4.x save decided by `text_config`). Official layout: the
+    remote code copies `llm_config.tie_word_embeddings` to the top level and ties unconditionally, so the
+    config is taken as it is.
+    """
+    if layout not in HF_FAMILY:
+        return cfg
+    reader = TensorReader(directory)
+    keys = _checkpoint_keys(reader, layout)
+    head, embed = "language_model.lm_head.weight", "language_model.model.embed_tokens.weight"
+    tie = cfg.llm.tie_word_embeddings
+    if head in keys:
+        if tie and embed in keys and not torch.equal(reader.get(keys[head]), reader.get(keys[embed])):
+            logger.info("%s: lm_head.weight differs from the embeddings: not tied (as transformers)", directory)
+            tie = False
+    elif not tie and _read_json(directory)["text_config"].get("tie_word_embeddings", False):
+        tie = True
+    if tie == cfg.llm.tie_word_embeddings:
+        return cfg
+    return cfg.replace(llm=dataclasses.replace(cfg.llm, tie_word_embeddings=tie))
 
 
 def load_weights(model: InternVL, directory: str | os.PathLike, layout: str,
                  dtype: torch.dtype | None = None) -> None:
-    """Fill a (meta-device) model from a checkpoint directory, strictly."""
+    """Fill a (meta-device) model from a checkpoint directory, strictly.
+
+    GPT-OSS experts stored as MXFP4 (`*_blocks` + `*_scales`) are dequantized here, to bf16 unless `dtype`.
+    """
     cfg = model.config
     reader = TensorReader(directory)
-    actual = {keymaps.normalize_hf_key(k) if layout == HF else k: k for k in reader.keys()}
+    actual = _checkpoint_keys(reader, layout)
     expected = model.state_dict()
-    steps = keymaps.plan(_rules(cfg, layout), list(expected))
+    mxfp4 = any(k.endswith("mlp.experts.gate_up_proj_blocks") for k in actual)
+    steps = keymaps.plan(_rules(cfg, layout, mxfp4), list(expected))
     needed = {k for s in steps for k in s.external}
     missing = sorted(needed - actual.keys())
     unexpected = sorted(k for k in actual.keys() - needed if not keymaps.DROPPABLE.search(k)
@@ -180,6 +235,10 @@ def load_weights(model: InternVL, directory: str | os.PathLike, layout: str,
     state = {}
     for step in steps:
         outs = step.rule.join([reader.get(actual[k]) for k in step.external])
+        if step.external[0].endswith("_blocks") and dtype is None:
+            # dequantized experts take the dtype the checkpoint stores their biases in (its working dtype)
+            bias = step.external[0][:-len("_blocks")] + "_bias"
+            outs = [t.to(reader.dtype(actual[bias])) if bias in actual else t for t in outs]
         for key, t in zip(step.internal, outs):
             want = tuple(expected[key].shape)
             if tuple(t.shape) != want:
@@ -208,6 +267,7 @@ def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype | None = None
     """Load a checkpoint of either layout -> (model in eval mode, resolved directory, layout)."""
     directory = resolve_path(path_or_repo)
     cfg, layout = read_config(directory)
+    cfg = resolve_tie(cfg, directory, layout)
     model = build_model(cfg, cls)
     load_weights(model, directory, layout, dtype)
     return model.to(device).eval(), directory, layout
@@ -226,7 +286,8 @@ def save_checkpoint(model: InternVL, directory: str | os.PathLike, layout: str =
     file there (a model card, notes, sub-folders) is left as it was.
     """
     if layout not in (OFFICIAL, HF):
-        raise ConfigError(f"layout must be 'official' or 'hf', got {layout!r}")
+        raise ConfigError(f"layout must be 'official' or 'hf', got {layout!r}"
+                          + (" (Intern-S1 checkpoints are read, not written; save as 'hf')" if layout == INTERNS1 else ""))
     cfg = model.config
     config = cfg.to_official() if layout == OFFICIAL else cfg.to_hf()
     if layout == HF and cfg.image_token_id is None:

@@ -65,6 +65,16 @@ class TensorReader:
     def shape(self, key: str) -> list[int]:
         return list(self._handles[self._where[key]].get_slice(key).get_shape())
 
+    def dtype(self, key: str) -> torch.dtype:
+        """The stored dtype, without reading the tensor."""
+        name = self._handles[self._where[key]].get_slice(key).get_dtype()
+        return _DTYPES.get(name) or self.get(key).dtype
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
 
 def write_sharded(tensors: Iterable[tuple[str, torch.Tensor]], directory: str | os.PathLike,
                   max_shard_bytes: int = 5 * 1024 ** 3, metadata: dict | None = None) -> list[str]:

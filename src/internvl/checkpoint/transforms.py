@@ -71,3 +71,37 @@ def stack_experts(pairs: bool) -> tuple[Fn, Fn]:
             out += [p.contiguous() for p in e.chunk(2, dim=0)] if pairs else [e.contiguous()]
         return out
     return join, split
+
+
+# The 16 values of an FP4 (E2M1) code: bit 3 is the sign, bits 0-2 index the magnitudes.
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def mxfp4_dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """OCP MXFP4 -> dense, as GPT-OSS checkpoints store their experts.
+
+    blocks (E, R, G, 16) uint8 hold two FP4 codes per byte (low nibble first), 32 values per group; scales
+    (E, R, G) uint8 are each group's power of two (E8M0, bias 127). Returns (E, G * 32, R): the checkpoint's
+    rows become columns, the `x @ W` layout the dense GPT-OSS tensors have.
+    """
+    if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != 16:
+        raise ValueError(f"MXFP4 blocks {tuple(blocks.shape)} and scales {tuple(scales.shape)} do not pair up "
+                         "(expected blocks (..., G, 16) and scales (..., G))")
+    lut = torch.tensor(FP4_VALUES, dtype=dtype, device=blocks.device)
+    codes = blocks.to(torch.uint8)
+    values = torch.stack([lut[(codes & 0x0F).long()], lut[(codes >> 4).long()]], dim=-1)  # (E, R, G, 16, 2)
+    values = values.flatten(-2)  # (E, R, G, 32): low nibble = even index
+    # an integer exponent, written in place: a float 2**128 (scale 255) would overflow before the multiply
+    torch.ldexp(values, (scales.to(torch.int32) - 127)[..., None], out=values)
+    return values.flatten(-2).transpose(1, 2).contiguous()
+
+
+def mxfp4() -> tuple[Fn, Fn]:
+    """MXFP4 `*_blocks` + `*_scales` -> one dense tensor; read-only (checkpoints are written dense)."""
+    def join(xs: Tensors) -> list[torch.Tensor]:
+        blocks, scales = xs
+        return [mxfp4_dequantize(blocks, scales)]
+
+    def split(xs: Tensors) -> list[torch.Tensor]:
+        raise NotImplementedError("writing MXFP4 is not supported; checkpoints are saved with dense experts")
+    return join, split

@@ -54,7 +54,8 @@ class Engine:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.cache = KVCache(llm.num_hidden_layers, max_batch, llm.num_key_value_heads, self.max_len,
-                             llm.dim_per_head, self.dtype, self.device)
+                             llm.dim_per_head, self.dtype, self.device,
+                             windows=[llm.window(i) for i in range(llm.num_hidden_layers)])
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -177,7 +178,9 @@ class Engine:
         slots = [s.slot for s in seqs]
         try:
             view = self.cache.prefill(slots, lengths)
-            hidden = self.model.language_model(batch, view.positions(), view.mask(), view)
+            positions = (view.positions() if self.model.config.v2pe_stride is None
+                         else self._v2pe_positions(seqs, lengths))
+            hidden = self.model.language_model(batch, positions, view.mask(), view)
             last = hidden[torch.arange(len(seqs), device=self.device), torch.tensor(lengths, device=self.device) - 1]
             picked = self._sample(seqs, self.model.language_model.logits(last))
         except BaseException:
@@ -197,8 +200,11 @@ class Engine:
         try:
             view = self.cache.step(slots, 1)
             embeds = self.model.language_model.embed_tokens(ids)
+            positions = view.positions()
+            if self.model.config.v2pe_stride is not None:
+                positions = positions + torch.tensor([[s.position_offset] for s in seqs], device=self.device)
             with matmul_mode(rows=len(seqs), dtype=self.dtype, device=self.device):
-                hidden = self.model.language_model(embeds, view.positions(), view.mask(), view)
+                hidden = self.model.language_model(embeds, positions, view.mask(), view)
                 logits = self.model.language_model.logits(hidden[:, -1])
             picked = self._sample(seqs, logits)
         except BaseException:
@@ -206,6 +212,15 @@ class Engine:
                 self.cache.lengths[slot] = n
             raise
         self._advance(seqs, *picked)
+
+    def _v2pe_positions(self, seqs: list[Sequence], lengths: list[int]) -> torch.Tensor:
+        """V2PE positions of right-padded prompts; each request remembers how far its positions run ahead."""
+        positions = torch.zeros(len(seqs), max(lengths), dtype=torch.float32, device=self.device)
+        for row, seq in enumerate(seqs):
+            p = self.model.rope_positions(torch.tensor([seq.prompt_ids], device=self.device))[0]
+            positions[row, :len(p)] = p
+            seq.position_offset = float(p[-1]) + 1 - len(p)
+        return positions
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> tuple[list[int], dict[int, str]]:
         seen = [torch.tensor(s.prompt_ids + s.output_ids, device=self.device)

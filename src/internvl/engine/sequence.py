@@ -30,6 +30,7 @@ class Sequence:
     error: str | None = None  # why, when finish_reason is "error" (this request failed; its batch went on)
     slot: int | None = None
     generator: torch.Generator | None = None
+    position_offset: float = 0.0  # V2PE: RoPE position minus cache index for every token after the prompt
 
     @property
     def finished(self) -> bool:

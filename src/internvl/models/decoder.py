@@ -1,9 +1,10 @@
-"""The decoder LLM: one LLaMA-style transformer for Qwen2/2.5, Qwen3(-MoE), LLaMA, InternLM2/3 and Phi-3.
+"""The decoder LLM: one LLaMA-style transformer for Qwen2/2.5, Qwen3(-MoE), LLaMA, InternLM2/3, Phi-3 and GPT-OSS.
 
 Spec section 1. The families differ only in flags (q/k/v bias, output bias, per-head qk-norm, tied
-embeddings, RoPE scaling, sparse MoE layers); checkpoint code (`internvl.checkpoint`) maps their fused or
-renamed tensors (InternLM2 `wqkv`, Phi-3 `qkv_proj`/`gate_up_proj`) onto these plain projections, so the
-forward pass never branches on the family.
+embeddings, RoPE scaling, sparse MoE layers; for GPT-OSS attention sinks, sliding-window layers, its own
+MoE and fp32 norms); checkpoint code (`internvl.checkpoint`) maps their fused or renamed tensors (InternLM2
+`wqkv`, Phi-3 `qkv_proj`/`gate_up_proj`) onto these plain projections, so the forward pass never branches on
+the family name.
 """
 
 from __future__ import annotations
@@ -15,12 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LLMConfig
-from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rotary, attention
+from .gpt_oss import GptOssMoE
+from .layers import RMSNorm, RotaryEmbedding, Segments, SwiGLU, apply_rotary, attention, sink_attention
 from .moe import SparseMoE
 
 
 class KVCache(Protocol):
-    """What the decoder needs from a cache: append this step's keys/values and return the whole past."""
+    """What the decoder needs from a cache: append this step's keys/values and return the whole past.
+
+    A cache may also offer `update_window(layer, k, v, window) -> (k, v, mask)` for sliding-window layers:
+    keys and values attention must see (e.g. a ring of the last `window` positions plus this step's) and their
+    complete boolean mask, or mask None when the keys are exactly this step's, starting at index 0.
+    """
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -39,6 +46,8 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
+        self.window = cfg.window(layer_idx)
+        self.sinks = nn.Parameter(torch.zeros(self.n_heads)) if cfg.is_gpt_oss else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None) -> torch.Tensor:
@@ -49,21 +58,40 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # (B, H, T, D)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)
-        # causal only matters when queries see no past: with a cache and t > 1, causal_mask built one
-        out = attention(q, k, v, mask, is_causal=t > 1 and k.shape[2] == t)
+        if self.sinks is not None:
+            out = self._attend_with_sinks(q, k, v, mask, cache)
+        else:
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)
+            # causal only matters when queries see no past: with a cache and t > 1, causal_mask built one
+            out = attention(q, k, v, mask, is_causal=t > 1 and k.shape[2] == t)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+    def _attend_with_sinks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           mask: torch.Tensor | Segments | None, cache: KVCache | None) -> torch.Tensor:
+        window = self.window
+        if isinstance(mask, Segments):
+            return mask.attend(q, k, v, lambda qs, ks, vs: sink_attention(qs, ks, vs, self.sinks, None, window))
+        if cache is not None:
+            if window is not None and hasattr(cache, "update_window"):
+                k, v, ring_mask = cache.update_window(self.layer_idx, k, v, window)
+                if ring_mask is not None:  # positions, causality and the window are all in the cache's mask
+                    return sink_attention(q, k, v, self.sinks, ring_mask)
+            else:
+                k, v = cache.update(self.layer_idx, k, v)
+        return sink_attention(q, k, v, self.sinks, mask, window)
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: LLMConfig, layer_idx: int) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, weight_in_fp32=cfg.is_gpt_oss)
         self.self_attn = Attention(cfg, layer_idx)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-        if cfg.is_moe_layer(layer_idx):
-            self.mlp: nn.Module = SparseMoE(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, weight_in_fp32=cfg.is_gpt_oss)
+        if cfg.is_gpt_oss:
+            self.mlp: nn.Module = GptOssMoE(cfg)
+        elif cfg.is_moe_layer(layer_idx):
+            self.mlp = SparseMoE(cfg)
         else:
             self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
 
@@ -78,14 +106,12 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: LLMConfig) -> None:
         super().__init__()
-        if cfg.architecture == "GptOssForCausalLM":
-            raise NotImplementedError("GPT-OSS backbones (InternVL3.5-20B-A4B) are not implemented yet")
         if cfg.hidden_act != "silu":
             raise NotImplementedError(f"LLM hidden_act {cfg.hidden_act!r}")
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, weight_in_fp32=cfg.is_gpt_oss)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         # an inference-only replacement for a tied head (e.g. int8, see quantize.py); never saved
         self.tied_head: nn.Module | None = None

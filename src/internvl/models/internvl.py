@@ -17,6 +17,7 @@ from ..config import InternVLConfig
 from ..errors import ImageTokenMismatchError
 from .decoder import Decoder, KVCache, causal_mask
 from .projector import build_mlp1, project
+from .v2pe import v2pe_positions
 from .vision import InternViT
 
 
@@ -83,6 +84,21 @@ class InternVL(nn.Module):
             embeds = embeds.masked_scatter(slots[..., None], flat)
         return embeds
 
+    def rope_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """RoPE positions (B, T) of whole prompts: 0, 1, ... over each row's real tokens (left padding gets 0),
+        or with `config.v2pe_stride` the V2PE positions (float32; `models/v2pe.py`)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if self.config.v2pe_stride is None:
+            return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        if self.img_context_token_id is None:
+            raise ImageTokenMismatchError("V2PE needs model.img_context_token_id (the <IMG_CONTEXT> id) to find images")
+        out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+        for row in range(input_ids.shape[0]):
+            real = attention_mask[row].bool()
+            out[row, real] = v2pe_positions(input_ids[row, real], self.img_context_token_id, self.config.v2pe_stride)
+        return out
+
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 cache: KVCache | None = None, past_len: int = 0,
@@ -91,11 +107,16 @@ class InternVL(nn.Module):
         """input_ids (B, T) [+ pixel_values (N, 3, S, S)] -> logits (B, T, vocab).
 
         `attention_mask` (B, past_len + T) marks real tokens with 1 and padding with 0; positions then
-        count only real tokens, so a left-padded row gets the same logits as the unpadded prompt.
+        count only real tokens, so a left-padded row gets the same logits as the unpadded prompt. With V2PE
+        (`config.v2pe_stride`) a whole prompt (past_len 0) gets V2PE positions; later steps pass `position_ids`.
         `inputs_embeds` skips the embedding and image merge (decode steps pass plain token embeddings).
         """
         embeds = self.embed(input_ids, pixel_values, image_features) if inputs_embeds is None else inputs_embeds
         t = input_ids.shape[1]
+        if position_ids is None and self.config.v2pe_stride is not None:
+            if past_len:
+                raise ValueError("with V2PE, steps after the prompt need explicit position_ids")
+            position_ids = self.rope_positions(input_ids, attention_mask)
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -t:]

@@ -1,7 +1,7 @@
 """Building blocks shared by the vision tower and the decoder: RMSNorm, rotary tables, SwiGLU, attention.
 
 Spec section 1. Only math: no I/O, no tokenizer. RoPE covers the scaling variants the official presets
-use: default, linear, dynamic NTK (InternLM2.5), llama3, and LongRoPE (Phi-3-128k).
+use: default, linear, dynamic NTK (InternLM2.5), llama3, LongRoPE (Phi-3-128k) and YaRN (GPT-OSS).
 """
 
 from __future__ import annotations
@@ -16,15 +16,22 @@ from ..config import LLMConfig
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32 and cast back before the weight, as every InternVL backbone does."""
+    """RMSNorm computed in fp32 and cast back before the weight, as every InternVL backbone does.
 
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    `weight_in_fp32`: multiply by the weight in fp32 too and cast after (GPT-OSS keeps its norms in fp32).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, weight_in_fp32: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.weight_in_fp32 = weight_in_fp32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        if self.weight_in_fp32:
+            return (self.weight.float() * normed).to(x.dtype)
+        return self.weight * normed.to(x.dtype)
 
 
 class SwiGLU(nn.Module):
@@ -49,9 +56,11 @@ class RotaryEmbedding(nn.Module):
         self.dim = cfg.dim_per_head
         scaling = cfg.rope_scaling or {}
         self.rope_type = scaling.get("rope_type", "default")
-        if self.rope_type not in ("default", "linear", "dynamic", "llama3", "longrope"):
+        if self.rope_type not in ("default", "linear", "dynamic", "llama3", "longrope", "yarn"):
             raise NotImplementedError(f"RoPE scaling {self.rope_type!r} is not implemented")
         self.attention_scaling = 1.0
+        if self.rope_type == "yarn":
+            self.attention_scaling = _yarn_attention_factor(scaling, cfg.max_position_embeddings)
         if self.rope_type == "longrope":
             orig = scaling.get("original_max_position_embeddings") or cfg.original_max_position_embeddings
             self.original_max = orig or cfg.max_position_embeddings
@@ -80,6 +89,8 @@ class RotaryEmbedding(nn.Module):
             return self._base_inv_freq(base)
         if self.rope_type == "llama3":
             return _llama3_inv_freq(self._base_inv_freq(cfg.rope_theta), s)
+        if self.rope_type == "yarn":
+            return _yarn_inv_freq(cfg.rope_theta, self.dim, s, cfg.max_position_embeddings)
         if self.rope_type == "longrope":
             long = seq_len is not None and seq_len > self.original_max
             ext = torch.tensor(s["long_factor"] if long else s["short_factor"], dtype=torch.float32)
@@ -109,6 +120,50 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
     return torch.where(medium, smoothed, scaled)
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _yarn_factor(s: dict, max_position_embeddings: int) -> float:
+    orig = s.get("original_max_position_embeddings") or max_position_embeddings
+    return s.get("factor") or max_position_embeddings / orig
+
+
+def _yarn_attention_factor(s: dict, max_position_embeddings: int) -> float:
+    """YaRN's cos/sin gain: 0.1 ln(factor) + 1 (about 1.3466 for GPT-OSS's factor 32) unless given."""
+    if s.get("attention_factor") is not None:
+        return float(s["attention_factor"])
+    factor = _yarn_factor(s, max_position_embeddings)
+    if s.get("mscale") and s.get("mscale_all_dim"):
+        return _yarn_mscale(factor, s["mscale"]) / _yarn_mscale(factor, s["mscale_all_dim"])
+    return _yarn_mscale(factor)
+
+
+def _yarn_inv_freq(base: float, dim: int, s: dict, max_position_embeddings: int) -> torch.Tensor:
+    """YaRN (arXiv 2309.00071): interpolate the low frequencies by `factor`, keep the high ones, ramp between.
+
+    The ramp's ends are the dimensions that turn `beta_fast` / `beta_slow` times over the original context;
+    `truncate: false` (GPT-OSS) keeps them fractional instead of flooring / ceiling them.
+    """
+    orig = s.get("original_max_position_embeddings") or max_position_embeddings
+    factor = _yarn_factor(s, max_position_embeddings)
+    beta_fast, beta_slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # the reference's guard against a zero-width ramp
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+    keep = 1 - torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    return interpolation * (1 - keep) + extrapolation * keep
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -164,8 +219,11 @@ class Segments:
                        for n, w, src, slot in self.groups]
         return self
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q (B, H, T, D), k/v (B, Hkv, T, D) -> (B, H, T, D); zeros at padding positions."""
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal_attention=None) -> torch.Tensor:
+        """q (B, H, T, D), k/v (B, Hkv, T, D) -> (B, H, T, D); zeros at padding positions.
+
+        `causal_attention(q, k, v)`: the per-sample attention (default: causal SDPA), e.g. one with sinks.
+        """
         if not self.groups:
             return torch.zeros_like(q)
         flat = [x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3]) for x in (q, k, v)]  # (B*T, h, D) each
@@ -177,8 +235,12 @@ class Segments:
                     rows = x.new_zeros(n * width, x.shape[1], x.shape[2]).index_copy(0, slot, rows)
                 return rows.view(n, width, x.shape[1], x.shape[2]).transpose(1, 2)
 
-            out = F.scaled_dot_product_attention(*(per_sample(x) for x in flat), is_causal=True,
-                                                 enable_gqa=k.shape[1] != q.shape[1])  # (n, H, width, D)
+            parts = [per_sample(x) for x in flat]
+            if causal_attention is not None:
+                out = causal_attention(*parts)
+            else:
+                out = F.scaled_dot_product_attention(*parts, is_causal=True,
+                                                     enable_gqa=k.shape[1] != q.shape[1])  # (n, H, width, D)
             out = out.transpose(1, 2).reshape(n * width, out.shape[1], out.shape[3])
             outs.append(out if slot is None else out.index_select(0, slot))
             srcs.append(src)
@@ -198,3 +260,43 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     # grouped KV heads are shared by SDPA itself (no repeated copy of the cache per step)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
                                           enable_gqa=k.shape[1] != q.shape[1])
+
+
+# Scores held at once by `sink_attention` (elements); queries are processed in chunks below this.
+SINK_CHUNK_ELEMENTS = 1 << 25
+
+
+def sink_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor,
+                   mask: torch.Tensor | None = None, window: int | None = None) -> torch.Tensor:
+    """Attention with a learned per-head sink (GPT-OSS): one extra softmax column holding `sinks[h]`,
+    dropped after the softmax, so a head can attend to "nothing". q (B, H, T, D), k/v (B, Hkv, S, D).
+
+    Index space: query i is key S - T + i. `mask` (B|1, 1, T, S) boolean (True = attend) replaces causality
+    when given; otherwise causal. `window` additionally limits query i to keys i - window < j <= i (counted
+    in index space, as transformers' sliding-window mask). SDPA cannot add the sink column, so scores are
+    formed explicitly, in query chunks that bound memory; a window also bounds the keys each chunk reads.
+    """
+    b, h, t, d = q.shape
+    s, hkv = k.shape[2], k.shape[1]
+    g = h // hkv
+    offset = s - t
+    scale = d ** -0.5
+    qg = q.reshape(b, hkv, g, t, d)
+    sink = sinks.float().view(1, hkv, g, 1, 1)
+    chunk = max(1, SINK_CHUNK_ELEMENTS // max(1, b * h * (min(s, window + t) if window else s)))
+    outs = []
+    for a in range(0, t, chunk):
+        e = min(t, a + chunk)
+        k0 = max(0, offset + a - window + 1) if window else 0
+        k1 = offset + e if mask is None else s
+        kc, vc = k[:, :, None, k0:k1], v[:, :, None, k0:k1]
+        scores = torch.matmul(qg[:, :, :, a:e], kc.transpose(-1, -2)).float() * scale  # (B, Hkv, G, c, k)
+        qi = torch.arange(offset + a, offset + e, device=q.device)[:, None]
+        kj = torch.arange(k0, k1, device=q.device)[None, :]
+        allowed = (kj <= qi) if mask is None else mask[:, :, a:e, k0:k1].unsqueeze(2)
+        if window:
+            allowed = allowed & (kj > qi - window)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(torch.cat([scores, sink.expand(*scores.shape[:-1], 1)], dim=-1), dim=-1)[..., :-1]
+        outs.append(torch.matmul(probs.to(v.dtype), vc))
+    return torch.cat(outs, dim=3).reshape(b, h, t, d)

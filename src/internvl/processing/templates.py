@@ -4,11 +4,21 @@ Spec section 3. Facts from `internvl_chat/internvl/conversation.py` (and, for In
 `internvl_chat_gpt_oss/internvl/model/internvl_chat/conversation.py`): `render` reproduces the official
 `Conversation.get_prompt()` byte for byte for the three separator styles InternVL checkpoints use, and
 `render_spans` splits the same string into supervised / unsupervised pieces the way the official training
-preprocessors (`preprocess_internvl2_5`, `preprocess_mpt`, ...) mask labels. No tokenization here.
+preprocessors (`preprocess_internvl2_5`, `preprocess_mpt`, `preprocess_internvl3_5_gpt_oss`, ...) mask labels.
+No tokenization here.
+
+GPT-OSS trains on a different form than it chats in (`preprocess_internvl3_5_gpt_oss`): every target reply
+is `<|start|>assistant<|channel|>final<|message|>{reply}<|return|>`, with only `<|start|>assistant` unsupervised;
+`render_spans(training=True)` produces it.
+
+Intern-S1 (`interns1`, a ChatML template) thinks by default: its default system message asks for the reasoning
+inside `<think>...</think>` (the `default_thinking_sys` of its chat template, which `enable_thinking` switches);
+`without_thinking` gives the same template with no system message, and then no system block at all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -19,6 +29,11 @@ from ..errors import TemplateError
 _SYSTEM_V1 = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
 # The InternVL 2.5 / 3 / 3.5 system message.
 _SYSTEM_V2_5 = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+_SYSTEM_INTERNS1_THINKING = (
+    "You are an expert reasoner with extensive experience in all areas. You approach problems through systematic "
+    "thinking and rigorous reasoning. Your response should reflect deep understanding and precise logical "
+    "thinking, making your solution path and reasoning clear to others. Please put your thinking process within "
+    "<think>...</think> tags.")
 _SYSTEM_GPT_OSS = ("You are InternVL, a large language model trained by Shanghai AI Laboratory.\n"
                    "Knowledge cutoff: 2024-06\nCurrent date: 2025-08-06\n\nReasoning: low\n\n"
                    "# Valid channels: final. Channel must be included for every message.")
@@ -43,6 +58,10 @@ class Template:
             with sep2 and assistant turns with sep.
         sep2: The second separator of "mpt_two" and "internvl_zh".
         stop_str: An extra string that ends generation, besides the separator.
+        train_reply_prefix: Supervised text written before every assistant reply in training targets.
+        train_reply_end: Ends every assistant reply in training targets (instead of sep / sep2).
+        system_optional: An empty system message writes no system block at all (Qwen3-style chat templates).
+        thinking: The default system message switches the model's thinking on (`without_thinking` drops it).
     """
 
     name: str
@@ -53,6 +72,10 @@ class Template:
     sep_style: SepStyle = "mpt"
     sep2: str | None = None
     stop_str: str | None = None
+    train_reply_prefix: str = ""
+    train_reply_end: str | None = None
+    system_optional: bool = False
+    thinking: bool = False
 
 
 _CHATML_ROLES = ("<|im_start|>user\n", "<|im_start|>assistant\n")
@@ -69,7 +92,10 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in (
     # InternVL3.5-GPT-OSS (harmony format).
     Template("internvl3_5_gpt_oss", "<|start|>system<|message|>{system_message}", _SYSTEM_GPT_OSS,
              ("<|start|>user<|message|>", "<|start|>assistant"), "<|end|>", sep_style="mpt_two",
-             sep2="<|return|>"),
+             sep2="<|return|>", train_reply_prefix="<|channel|>final<|message|>", train_reply_end="<|return|>"),
+    # Intern-S1 / Intern-S1-mini (Qwen3 backbones, ChatML); thinking on by default.
+    Template("interns1", "<|im_start|>system\n{system_message}", _SYSTEM_INTERNS1_THINKING, _CHATML_ROLES,
+             "<|im_end|>\n", system_optional=True, thinking=True),
 )}
 
 
@@ -83,6 +109,18 @@ def get_template(name: str) -> Template:
         return TEMPLATES[name]
     except KeyError:
         raise TemplateError(f"unknown conversation template {name!r}; known: {', '.join(TEMPLATES)}") from None
+
+
+def without_thinking(template: Template) -> Template:
+    """The template with thinking switched off (Intern-S1's `enable_thinking=False`): no default system message.
+
+    Raises:
+        TemplateError: The template has no thinking mode to switch off.
+    """
+    if not template.thinking:
+        raise TemplateError(f"template {template.name!r} has no thinking mode to switch off "
+                            f"(only {', '.join(t.name for t in TEMPLATES.values() if t.thinking)} have one)")
+    return dataclasses.replace(template, system_message="", thinking=False)
 
 
 def stop_strings(template: Template) -> list[str]:
@@ -105,13 +143,14 @@ def _role_index(template: Template, role: int | str) -> int:
     raise TemplateError(f"unknown role {role!r}: use 0/'user'/'human' or 1/'assistant'/'gpt'")
 
 
-def render_spans(template: Template, messages: Sequence[Message], system_message: str | None = None
-                 ) -> list[tuple[str, bool]]:
+def render_spans(template: Template, messages: Sequence[Message], system_message: str | None = None,
+                 training: bool = False) -> list[tuple[str, bool]]:
     """The prompt as consecutive pieces, each marked True when training supervises it.
 
     Supervised: each assistant message and its closing separator, minus the separator's trailing
     whitespace (the official preprocessors mask the `\\n` after `<|im_end|>`). Everything else (system
-    prompt, user turns, role prefixes) is not. Adjacent pieces with the same mark are merged.
+    prompt, user turns, role prefixes) is not. Adjacent pieces with the same mark are merged. With `training`,
+    replies take the template's training form (`train_reply_prefix`, `train_reply_end`).
 
     Args:
         template: The conversation format.
@@ -126,6 +165,8 @@ def render_spans(template: Template, messages: Sequence[Message], system_message
     system = template.system_message if system_message is None else system_message
     if template.sep_style == "internvl_zh":  # this style ignores system_template
         pieces = [(system + template.sep2, False)]
+    elif not system and template.system_optional:
+        pieces = []
     else:
         pieces = [(template.system_template.format(system_message=system) + template.sep, False)]
     for i, (role, text) in enumerate(messages):
@@ -140,6 +181,9 @@ def render_spans(template: Template, messages: Sequence[Message], system_message
         if r == 0:
             pieces.append((prefix + text + end, False))
         else:
+            if training:
+                text = template.train_reply_prefix + text
+                end = template.train_reply_end if template.train_reply_end is not None else end
             kept = end.rstrip()
             pieces += [(prefix, False), (text + kept, True), (end[len(kept):], False)]
     return _merge(pieces)

@@ -10,6 +10,7 @@ left/right padding, `convert_tokens_to_ids`, `decode`, `batch_decode`, `eos_toke
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from tokenizers import AddedToken, Regex, Tokenizer as _Tok, decoders, models, p
 
 from ..errors import CheckpointError
 from . import sentencepiece
+
+logger = logging.getLogger(__name__)
+# Intern-S1's extra SentencePiece models for scientific spans; not used here (the base BPE tokenizes those spans)
+INTERNS1_SUB_TOKENIZERS = ("tokenizer_SMILES.model", "tokenizer_IUPAC.model", "tokenizer_FASTA.model")
 
 # Qwen2's pre-tokenizer split pattern (a fact of the Qwen2 tokenizer, needed to rebuild it from vocab/merges).
 _QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -39,10 +44,18 @@ class Tokenizer:
     def from_pretrained(cls, directory: str | os.PathLike) -> Tokenizer:
         d = Path(directory)
         cfg = json.loads((d / "tokenizer_config.json").read_text()) if (d / "tokenizer_config.json").exists() else {}
+        added = [(int(i), t) for i, t in cfg.get("added_tokens_decoder", {}).items()]
+        if (d / "added_tokens.json").exists():
+            added += [(i, {"content": t, "special": True}) for t, i in json.loads((d / "added_tokens.json").read_text()).items()]
         if (d / "tokenizer.json").exists():
             tok = _Tok.from_file(str(d / "tokenizer.json"))
         elif (d / "vocab.json").exists() and (d / "merges.txt").exists():
-            tok = _byte_level_bpe(d / "vocab.json", d / "merges.txt")
+            # added tokens keep their declared ids, even past a gap (Intern-S1 reserves ids for its sub-tokenizers)
+            tok = _byte_level_bpe(d / "vocab.json", d / "merges.txt", {t["content"]: i for i, t in added})
+            extra = [n for n in INTERNS1_SUB_TOKENIZERS if (d / n).exists()]
+            if extra:
+                logger.warning("%s: %s not used; SMILES / IUPAC / FASTA text is tokenized by the base BPE "
+                               "(Intern-S1's dynamic tokenizer gives such spans their own ids)", d, ", ".join(extra))
         elif (d / "tokenizer.model").exists():
             sp = sentencepiece.read_model(d / "tokenizer.model")
             try:
@@ -56,9 +69,6 @@ class Tokenizer:
         else:
             raise CheckpointError(f"{d}: no tokenizer files (tokenizer.json, vocab.json + merges.txt, "
                                   "or tokenizer.model)")
-        added = [(int(i), t) for i, t in cfg.get("added_tokens_decoder", {}).items()]
-        if (d / "added_tokens.json").exists():
-            added += [(i, {"content": t, "special": True}) for t, i in json.loads((d / "added_tokens.json").read_text()).items()]
         for _, t in sorted(added, key=lambda x: x[0]):
             # registered even when the vocabulary has the string, so it is matched whole, never split by BPE
             token = AddedToken(t["content"], special=t.get("special", True), normalized=False)
@@ -159,10 +169,14 @@ def _token_text(t: str | dict | None) -> str | None:
     return t.get("content") if isinstance(t, dict) else t
 
 
-def _byte_level_bpe(vocab: Path, merges: Path) -> _Tok:
+def _byte_level_bpe(vocab: Path, merges: Path, added: dict[str, int] | None = None) -> _Tok:
     lines = [m for m in merges.read_text(encoding="utf-8").splitlines() if m and not m.startswith("#version")]
-    bpe = models.BPE(vocab=json.loads(vocab.read_text(encoding="utf-8")),
-                     merges=[tuple(m.split(" ", 1)) for m in lines])
+    table = json.loads(vocab.read_text(encoding="utf-8"))
+    taken = set(table.values())
+    for content, i in (added or {}).items():
+        if content not in table and i not in taken:
+            table[content] = i
+    bpe = models.BPE(vocab=table, merges=[tuple(m.split(" ", 1)) for m in lines])
     tok = _Tok(bpe)
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),

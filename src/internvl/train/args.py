@@ -75,6 +75,9 @@ class TrainConfig:
     max_packed_tokens: int = _opt(4096, "tokens per packed row")
     max_seq_length: int = _opt(4096, "longest sample in tokens (longer ones are truncated)")
     max_dynamic_patch: int | None = _opt(None, "most tiles per image (default: the model config's)")
+    v2pe_stride: float | None = _opt(None, "V2PE: each image token advances the RoPE position by this (0 < X <= 1; "
+                                           "1 = ordinary positions); recorded in the saved checkpoints' config "
+                                           "(default: the model config's, usually off)")
     num_workers: int = _opt(0, "DataLoader worker processes (0 = load in the training process)")
     skip_bad_samples: bool = _opt(False, "log and skip malformed records instead of stopping")
     # saving, logging, running
@@ -135,6 +138,8 @@ class TrainConfig:
                               "--use-backbone-lora")
         if self.loss_reduction not in REDUCTIONS:
             raise ConfigError(f"--loss-reduction must be one of {', '.join(REDUCTIONS)}, got {self.loss_reduction!r}")
+        if self.v2pe_stride is not None and not 0 < self.v2pe_stride <= 1:
+            raise ConfigError(f"--v2pe-stride must be in (0, 1], got {self.v2pe_stride}")
         if self.parallel not in PARALLEL:
             raise ConfigError(f"--parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
 

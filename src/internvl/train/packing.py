@@ -27,7 +27,7 @@ from .loss import REDUCTIONS, token_weights
 class Batch:
     input_ids: torch.Tensor  # (B, T) long, pad = pad id
     labels: torch.Tensor  # (B, T) long, IGNORE_INDEX on padding and on each sample's first token
-    position_ids: torch.Tensor  # (B, T) long, restarting at 0 per sample, 0 on padding
+    position_ids: torch.Tensor  # (B, T) long, restarting at 0 per sample, 0 on padding (float32 with V2PE)
     seq_ids: torch.Tensor  # (B, T) long, index of the sample within its row, -1 on padding
     loss_weight: torch.Tensor  # (B, T) float32, per-token weight of the reduction (0 where label is ignored)
     pixel_values: torch.Tensor | None  # (sum tiles, 3, S, S), in order of appearance, or None
@@ -120,7 +120,8 @@ def _assemble(samples: list[Sample], rows: list[list[int]], pad_id: int, reducti
     width = max(1, max(sum(len(samples[i].input_ids) for i in row) for row in rows))
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full_like(input_ids, IGNORE_INDEX)
-    position_ids = torch.zeros_like(input_ids)
+    v2pe = any(samples[i].position_ids is not None for row in rows for i in row)
+    position_ids = torch.zeros(input_ids.shape, dtype=torch.float32 if v2pe else torch.long)
     seq_ids = torch.full_like(input_ids, -1)
     pixels, num_tiles, slots = [], [], [(0, 0)] * len(samples)
     for r, row in enumerate(rows):
@@ -130,7 +131,7 @@ def _assemble(samples: list[Sample], rows: list[list[int]], pad_id: int, reducti
             n = len(sample.input_ids)
             input_ids[r, pos:pos + n] = sample.input_ids
             labels[r, pos + 1:pos + n] = sample.labels[1:]
-            position_ids[r, pos:pos + n] = torch.arange(n)
+            position_ids[r, pos:pos + n] = torch.arange(n) if sample.position_ids is None else sample.position_ids
             seq_ids[r, pos:pos + n] = s
             if sample.pixel_values is not None:
                 pixels.append(sample.pixel_values)

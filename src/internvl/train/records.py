@@ -17,6 +17,8 @@ silent failures turned into `DataError`s:
   tokens or leave nothing supervised; then it is a `DataError`.
 - `data_augment` re-encodes every tile as JPEG with a random quality in [75, 100], as the official
   `build_transform(is_train=True)` does.
+- Replies take the template's training form (GPT-OSS: `<|channel|>final<|message|>...<|return|>`).
+- With `v2pe_stride` the sample carries V2PE positions (`models/v2pe.py`), as the official `v2pe_fix` training.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError, DataError, ImageLoadError
+from ..models.v2pe import v2pe_positions
 from ..processing.image import open_image, to_pixel_values
 from ..processing.prompt import IMAGE_PLACEHOLDER, IMG_CONTEXT_TOKEN, IMG_END_TOKEN, expand_images
 from ..processing.templates import get_template, render_spans
@@ -51,6 +54,7 @@ class Sample:
     pixel_values: torch.Tensor | None  # (N_tiles, 3, S, S) float32, or None for text-only
     num_tiles: list[int]  # tiles per image (frames of a video count as images)
     source: str  # "file.jsonl:LINE"
+    position_ids: torch.Tensor | None = None  # (T,) float32 V2PE positions; None = 0, 1, 2, ...
 
 
 @dataclass
@@ -72,9 +76,12 @@ class DataConfig:
     system_message: str | None = None
     dynamic_image_size: bool = True  # False: one resized tile per image
     data_augment: bool = False  # set per dataset from the meta file
+    v2pe_stride: float | None = None  # V2PE: RoPE step of one image token (None = ordinary positions)
 
     def __post_init__(self) -> None:
         get_template(self.template)  # an unknown name fails now, listing the known ones
+        if self.v2pe_stride is not None and not 0 < self.v2pe_stride <= 1:
+            raise ConfigError(f"v2pe_stride must be in (0, 1], got {self.v2pe_stride}")
         for name in ("image_size", "num_image_token", "min_dynamic_patch", "max_seq_length", "num_video_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"DataConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -88,7 +95,7 @@ class DataConfig:
         kw = dict(template=config.template, image_size=config.image_size, num_image_token=config.num_image_token,
                   max_dynamic_patch=config.max_dynamic_patch, min_dynamic_patch=config.min_dynamic_patch,
                   use_thumbnail=config.use_thumbnail, system_message=config.system_message,
-                  dynamic_image_size=config.dynamic_image_size)
+                  dynamic_image_size=config.dynamic_image_size, v2pe_stride=config.v2pe_stride)
         return cls(**{**kw, **overrides})
 
 
@@ -114,7 +121,8 @@ def build_sample(record: dict, tokenizer: Any, cfg: DataConfig, root: str, sourc
         frames = cfg.num_video_frames if video else 0
         _place_media(turns, images, isinstance(record.get("image"), str), frames)
         pixel_values, num_tiles = _pixels(images, video, root, cfg, rng)
-        pieces = render_spans(get_template(cfg.template), turns, system if system is not None else cfg.system_message)
+        pieces = render_spans(get_template(cfg.template), turns, system if system is not None else cfg.system_message,
+                              training=True)
         tiles = iter(num_tiles)
         pieces = [(expand_images(t, [next(tiles) for _ in range(t.count(IMAGE_PLACEHOLDER))], cfg.num_image_token), s)
                   for t, s in pieces]
@@ -122,8 +130,11 @@ def build_sample(record: dict, tokenizer: Any, cfg: DataConfig, root: str, sourc
         ids, labels = _fit(ids, labels, tokenizer, cfg, num_tiles)
     except (DataError, ImageLoadError) as e:
         raise DataError(f"{source}: {e}") from None
-    return Sample(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), pixel_values,
-                  num_tiles, source)
+    input_ids = torch.tensor(ids, dtype=torch.long)
+    positions = None
+    if cfg.v2pe_stride is not None:
+        positions = v2pe_positions(input_ids, tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN), cfg.v2pe_stride)
+    return Sample(input_ids, torch.tensor(labels, dtype=torch.long), pixel_values, num_tiles, source, positions)
 
 
 def _conversation(record: Any, strip: bool) -> tuple[list[list], str | None]:

@@ -186,6 +186,8 @@ def prepare_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[SFTIntern
             layer.drop_path = cfg.drop_path_rate * i / max(len(layers) - 1, 1)
         vision = dataclasses.replace(model.config.vision, drop_path_rate=cfg.drop_path_rate)
         model.config = model.config.replace(vision=vision)
+    if cfg.v2pe_stride is not None:  # trained with V2PE: the checkpoints' config says so, and chat follows it
+        model.config = model.config.replace(v2pe_stride=cfg.v2pe_stride)
     model.language_model.gradient_checkpointing = cfg.grad_checkpoint
     model.vision_model.gradient_checkpointing = cfg.grad_checkpoint
     # tokenizer files are copied unchanged from their directory into every checkpoint (re-saved for 'byte')
