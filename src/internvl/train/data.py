@@ -154,13 +154,19 @@ class SFTDataset(torch.utils.data.Dataset):
                 raise DataError(f"{source}: malformed JSON ({getattr(e, 'msg', e)}, column "
                                 f"{getattr(e, 'colno', '?')})") from None
             rng = random.Random(self.seed * 1_000_003 + i) if self._cfgs[d].data_augment else None
-            return build_sample(record, self.tokenizer, self._cfgs[d], spec.root, source, rng)
+            return self.build(record, self._cfgs[d], spec.root, source, rng, i)
         except DataError as e:
             if not self.cfg.skip_bad_samples:
                 raise
             self.skipped += 1
             log.warning("skipping bad sample: %s", e)
             return None
+
+
+    def build(self, record: Any, cfg: DataConfig, root: str, source: str, rng: random.Random | None,
+              index: int) -> Any:
+        """One parsed record -> its item (a `Sample` here; `mpo_data.PreferenceDataset` makes pairs)."""
+        return build_sample(record, self.tokenizer, cfg, root, source, rng)
 
 
 def _index_lines(path: str) -> tuple[np.ndarray, np.ndarray]:

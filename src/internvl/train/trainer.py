@@ -4,7 +4,7 @@ Spec section 5. `train(cfg)` builds the model (a checkpoint or a preset), freeze
 (`optim.py`, `lora.py`), wraps it for several processes (`distributed.py`), streams packed or padded batches
 from the official data format (`data.py`, `packing.py`), and saves atomic, chat-loadable checkpoints with
 everything `--resume` needs (`state.py`). An objective turns a micro-batch into its share of the step's loss;
-SFT is the one here, and another objective (MPO) plugs into the same `train_step`.
+SFT is the one here; MPO (`--method mpo`, `mpo.py`) plugs into the same `train_step` with its own data.
 
 The step's loss is sum(w * CE) / sum(w) over the whole global batch (every micro-batch of every rank,
 `loss.sft_loss`), so gradient accumulation and the number of processes change nothing but float rounding.
@@ -73,15 +73,39 @@ def attention_layout(seq_ids: torch.Tensor) -> Segments | None:
 class Objective(Protocol):
     """What a step minimises. The step's loss is the sum of `__call__` over its micro-batches (and ranks),
     where `weight_total` (on the training device) is the sum of `weight` over the same micro-batches (and ranks).
-    Both receive the batch as the DataLoader made it, on the CPU."""
+    Both receive the batch as the DataLoader made it, on the CPU.
+
+    Besides the loss, an objective may log more: `step_statistics` hands over sums it gathered during the step
+    (the trainer adds them up over ranks, in the same reduction as its own counts), `metrics` turns the global
+    sums into the step's metric values. `state_dict` is saved in every checkpoint and given back on resume."""
 
     def weight(self, batch: Batch) -> torch.Tensor: ...
 
     def __call__(self, model: nn.Module, batch: Batch, weight_total: torch.Tensor) -> torch.Tensor: ...
 
+    def step_statistics(self) -> dict[str, torch.Tensor]: ...
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 class SFTObjective:
     """Weighted next-token cross-entropy (`loss.sft_loss`), normalised over the global batch."""
+
+    def step_statistics(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def weight(self, batch: Batch) -> torch.Tensor:
         return batch.loss_weight[:, 1:].sum()  # the weights of the shifted targets
@@ -109,7 +133,8 @@ def train_step(model: nn.Module, micro_batches: list[Batch], optimizer: torch.op
     """One optimizer step over this rank's micro-batches of the global batch.
 
     Returns, without any device sync: the global-batch loss, the gradient norm before clipping (tensors), the
-    lr this step used (a float), and global token / sample / skipped-sample counts (tensors).
+    lr this step used (a float), global token / sample / skipped-sample counts (tensors), and the objective's
+    step statistics summed over ranks (`objective`: name -> tensor).
     """
     device = ctx.info.device
     # the normaliser covers every micro-batch of every rank; weights live on the CPU, one small reduction
@@ -133,9 +158,11 @@ def train_step(model: nn.Module, micro_batches: list[Batch], optimizer: torch.op
     optimizer.zero_grad(set_to_none=True)
     counts = torch.tensor([sum(b.num_tokens for b in micro_batches), sum(b.num_samples for b in micro_batches),
                            sum(b.num_skipped for b in micro_batches)], dtype=torch.float64)
-    totals = D.all_reduce_sum(torch.cat([loss_sum.double().reshape(1), counts.to(device)]), ctx.info)
+    extra = ctx.objective.step_statistics()
+    parts = [loss_sum.double().reshape(1), counts.to(device)] + [v.double().reshape(1).to(device) for v in extra.values()]
+    totals = D.all_reduce_sum(torch.cat(parts), ctx.info)
     return {"loss": totals[0], "grad_norm": grad_norm, "lr": lr, "tokens": totals[1], "samples": totals[2],
-            "skipped": totals[3]}
+            "skipped": totals[3], "objective": dict(zip(extra, totals[4:]))}
 
 
 # ---------------------------------------------------------------- setting up a run
@@ -156,6 +183,7 @@ class Run:
     start_step: int
     max_steps: int
     resumed_from: Path | None
+    objective: Objective = field(default_factory=SFTObjective)
 
 
 def prepare_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[SFTInternVL, Tokenizer, Path | None, dict]:
@@ -187,17 +215,24 @@ def prepare_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[SFTIntern
 
 def build_loader(cfg: TrainConfig, model: InternVL, tokenizer: Tokenizer, info: D.DistInfo, start_step: int
                  ) -> tuple[torch.utils.data.DataLoader, D.StepBatchSampler, int]:
-    """The data pipeline -> (loader, sampler, max_steps)."""
+    """The data pipeline -> (loader, sampler, max_steps): SFT conversations, or MPO preference pairs."""
     overrides = {"max_seq_length": cfg.max_seq_length, "skip_bad_samples": cfg.skip_bad_samples}
     if cfg.max_dynamic_patch is not None:
         overrides["max_dynamic_patch"] = cfg.max_dynamic_patch
-    dataset = SFTDataset(cfg.meta_path, tokenizer, DataConfig.from_model(model.config, **overrides), seed=cfg.seed)
+    data_cfg = DataConfig.from_model(model.config, **overrides)
+    max_packed = cfg.max_packed_tokens if cfg.packed else None
+    if cfg.method == "mpo":
+        from .mpo_data import PreferenceCollator, PreferenceDataset
+        dataset = PreferenceDataset(cfg.meta_path, tokenizer, data_cfg, seed=cfg.seed)
+        collate = PreferenceCollator(tokenizer.pad_token_id, max_packed)
+    else:
+        dataset = SFTDataset(cfg.meta_path, tokenizer, data_cfg, seed=cfg.seed)
+        collate = PackedCollator(tokenizer.pad_token_id, cfg.loss_reduction, max_packed)
     probe = D.StepBatchSampler(len(dataset), cfg.per_device_batch_size, cfg.gradient_accumulation_steps, info,
                                cfg.seed)
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * probe.steps_per_epoch))
     sampler = D.StepBatchSampler(len(dataset), cfg.per_device_batch_size, cfg.gradient_accumulation_steps, info,
                                  cfg.seed, start_step=start_step, max_steps=max_steps)
-    collate = PackedCollator(tokenizer.pad_token_id, cfg.loss_reduction, cfg.max_packed_tokens if cfg.packed else None)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
         pin_memory=info.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
@@ -216,6 +251,9 @@ def setup(cfg: TrainConfig, info: D.DistInfo) -> Run:
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or choose another "
                           "--output-dir")
     saved = read_trainer_state(resume_from) if resume_from is not None else None
+    if saved and saved[0].get("config", {}).get("method", "sft") != cfg.method:
+        raise ConfigError(f"{resume_from} was trained with --method {saved[0]['config'].get('method', 'sft')}, this "
+                          f"run asks for --method {cfg.method}")
     model, tokenizer, tokenizer_source, specs = prepare_model(cfg, resume_from)
     model.run_vision_always = info.enabled
     model.to(info.device)
@@ -228,7 +266,13 @@ def setup(cfg: TrainConfig, info: D.DistInfo) -> Run:
                            find_unused=model.config.select_layer != -1)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, max_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
+    objective: Objective = SFTObjective()
+    if cfg.method == "mpo":  # before the RNG is seeded or restored below: building the reference draws from it
+        from .mpo import build_objective
+        objective = build_objective(cfg, info, SFTInternVL, loader.dataset, loader.collate_fn,
+                                    model.run_vision_always)
     if saved:
+        objective.load_state_dict(saved[0].get("objective", {}))
         D.load_optimizer_state(wrapped, optimizer, saved[1], info)
         scheduler.load_state_dict(saved[2]["scheduler"])
         rngs = saved[2]["rng"]
@@ -236,7 +280,7 @@ def setup(cfg: TrainConfig, info: D.DistInfo) -> Run:
     else:
         torch.manual_seed(cfg.seed + info.rank)  # dropout / drop path streams differ per rank
     return Run(cfg, info, wrapped, model, tokenizer, tokenizer_source, specs, optimizer, scheduler, loader,
-               sampler, start_step, max_steps, resume_from)
+               sampler, start_step, max_steps, resume_from, objective)
 
 
 # ---------------------------------------------------------------- saving
@@ -259,7 +303,7 @@ def save(run: Run, step: int) -> Path | None:
         epoch, offset = run.sampler.position(step)
         trainer_state = {"epoch": epoch, "epoch_offset": offset, "global_batch": run.sampler.global_batch,
                          "num_samples": run.sampler.n, "world_size": info.world_size, "max_steps": run.max_steps,
-                         "config": dataclasses.asdict(cfg)}
+                         "config": dataclasses.asdict(cfg), "objective": run.objective.state_dict()}
         path = save_training_checkpoint(
             cfg.output_dir, step, model_state=state, config=run.inner.config, tokenizer=run.tokenizer,
             tokenizer_source=run.tokenizer_source, optimizer_state=optim_state,
@@ -287,7 +331,8 @@ def fit(run: Run) -> dict:
     cfg, info = run.cfg, run.info
     metrics = MetricsLog(cfg.output_dir, resume_step=run.start_step if run.resumed_from else None) \
         if info.is_main else None
-    ctx = StepContext(info, [p for p in run.inner.parameters() if p.requires_grad], cfg.max_grad_norm, cfg.bf16)
+    ctx = StepContext(info, [p for p in run.inner.parameters() if p.requires_grad], cfg.max_grad_norm, cfg.bf16,
+                      run.objective)
     bar, batches = _progress(run), iter(run.loader)
     run.model.train()
     set_frozen_parts_eval(run.inner)
@@ -307,7 +352,9 @@ def fit(run: Run) -> dict:
             if metrics is not None:
                 metrics.log(row)
             if bar is not None:
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+                extra = {"acc": f"{row['rewards/accuracies']:.2f}"} if "rewards/accuracies" in row else {}
+                bar.set_postfix(loss=f"{row['loss']:.4f}", **extra, lr=f"{row['lr']:.2e}",
+                                tok_s=f"{row['tokens_per_s']:.0f}")
         if bar is not None:
             bar.update(1)
         if (cfg.save_steps and step % cfg.save_steps == 0) or step == stop:
@@ -327,7 +374,8 @@ def _row(step: int, stats: dict, tokens_per_s: float, run: Run) -> dict:
     norm = stats["grad_norm"]
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2 returns a DTensor
     epoch, _ = run.sampler.position(step - 1)
-    return {"step": step, "loss": float(stats["loss"]), "lr": float(stats["lr"]), "grad_norm": float(norm),
+    extra = run.objective.metrics({k: float(v) for k, v in stats.get("objective", {}).items()})
+    return {"step": step, "loss": float(stats["loss"]), **extra, "lr": float(stats["lr"]), "grad_norm": float(norm),
             "tokens": int(stats["tokens"]), "samples": int(stats["samples"]), "skipped": int(stats["skipped"]),
             "tokens_per_s": tokens_per_s, "epoch": epoch}
 
