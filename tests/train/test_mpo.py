@@ -26,7 +26,7 @@ from internvl.train.lora import merged_state_dict
 from internvl.train.metrics import read_metrics
 from internvl.train.mpo import REFERENCE_FILE, build_objective
 from internvl.train.optim import build_optimizer, cosine_schedule
-from internvl.train.state import find_latest, plain_model
+from internvl.train.state import find_latest, load_start_model, plain_model
 from internvl.train.trainer import SFTInternVL, StepContext, build_loader, prepare_model, train, train_step
 
 LN2 = math.log(2)
@@ -97,6 +97,22 @@ def test_stopped_and_resumed_run_repeats_losses_and_delta(tmp_path, meta, varian
     for key in ("loss", "bco_delta", "rewards/margins", "loss_sft"):
         assert [r[key] for r in split] == [r[key] for r in whole], key  # bit-identical
     assert len({r["bco_delta"] for r in whole}) == 6
+
+
+def test_trainer_features_under_mpo(tmp_path, meta):
+    """Workers, bf16, gradient checkpointing and freezing work as for SFT: checkpointing and a worker process change
+    nothing, the frozen vision tower does not move."""
+    kw = {**BASE, "meta_path": str(meta), "max_steps": 3, "lr": 1e-3, "bf16": True, "freeze_backbone": True}
+    train(TrainConfig(output_dir=str(tmp_path / "plain"), **kw))
+    train(TrainConfig(output_dir=str(tmp_path / "feat"), grad_checkpoint=True, num_workers=1, **kw))
+    assert [r["loss"] for r in rows(tmp_path / "feat")] == pytest.approx([r["loss"] for r in rows(tmp_path / "plain")],
+                                                                         abs=1e-6)
+    saved = load_file(tmp_path / "feat" / "checkpoint-3" / "model.safetensors")
+    base, _, _ = load_start_model("tiny-random", "byte", 0)  # the preset rebuilt from the run's seed
+    for name, t in base.state_dict().items():
+        if name.startswith("vision_model."):
+            assert torch.equal(saved[name], t), name
+    assert not torch.equal(saved["mlp1.1.weight"], base.state_dict()["mlp1.1.weight"])
 
 
 def test_precomputed_reference_gives_the_on_the_fly_losses(tmp_path, meta):

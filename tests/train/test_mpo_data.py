@@ -137,7 +137,15 @@ def test_collator_puts_chosen_first_and_tiles_in_token_order(root, max_tokens):
         where = b.seq_ids[row] == seq
         assert torch.equal(b.input_ids[row][where], s.input_ids)
     assert b.input_ids.shape[0] == (6 if max_tokens is None else 1)
-    # tiles: chosen 0 (3), chosen 2 (1), rejected 0 (3), rejected 2 (1), i.e. the order of the image tokens
-    expected = torch.cat([pairs[0].chosen.pixel_values, pairs[2].chosen.pixel_values] * 2)
-    assert torch.equal(b.pixel_values, expected)
+    # each pair's tiles once; tile_index orders them as the image tokens appear: for padded rows chosen 0 (3
+    # tiles), chosen 2 (1), rejected 0 (3), rejected 2 (1)
+    assert torch.equal(b.pixel_values, torch.cat([pairs[0].chosen.pixel_values, pairs[2].chosen.pixel_values]))
+    expected = [0, 1, 2, 3, 0, 1, 2, 3] if max_tokens is None else None
+    if expected is not None:
+        assert pb.tile_index.tolist() == expected
+    seen = []  # in any layout: walk the rows and their sequences, collecting each one's tiles
+    for i in sorted(range(6), key=lambda i: b.slots[i]):
+        if i % 3 != 1:
+            seen.append(pairs[i % 3].chosen.pixel_values)
+    assert torch.equal(b.pixel_values[pb.tile_index], torch.cat(seen)) and b.num_tiles == [3, 1, 3, 1][:len(b.num_tiles)]
     assert pb.num_tokens == sum(len(s.input_ids) for s in order)

@@ -185,3 +185,24 @@ def test_bad_loss_settings_are_clear_errors():
         MPOLossConfig.parse("sigmoid", None, 0.0, 1.0)
     assert MPOLossConfig.parse("sigmoid,bco_pair", None, 0.1, 1.0).loss_weights == (0.8, 0.2)
     assert MPOLossConfig.parse("sigmoid,hinge", None, 0.1, None).loss_weights == (1.0, 1.0)
+
+
+def test_tiles_go_through_the_vit_once_unless_it_is_random(setup):
+    """A pair's tiles serve its chosen and rejected sequences: encoded once when the ViT is deterministic (same
+    logits as encoding every copy), once per sequence as the official code does when drop path is on."""
+    policy, _, pairs, pad = setup
+    model = copy.deepcopy(policy)
+    batch = PreferenceCollator(pad)([pairs[i] for i in (0, 1, 3)])
+    seen = []
+    model.vision_model.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    objective = MPOObjective(MPOLossConfig(), DistInfo(), reference_table=torch.zeros(9, 2))
+    once = objective._forward(model, batch, torch.device("cpu"))[0]
+    unique = batch.batch.pixel_values.shape[0]
+    assert seen == [unique] and len(batch.tile_index) == 2 * unique
+    twice = objective._forward(model.train(), batch, torch.device("cpu"))[0]  # train mode, no drop path yet
+    assert seen[-1] == unique
+    torch.testing.assert_close(once, twice, atol=1e-5, rtol=0)
+    for layer in model.vision_model.encoder.layers:
+        layer.drop_path = 0.1
+    objective._forward(model, batch, torch.device("cpu"))
+    assert seen[-1] == 2 * unique

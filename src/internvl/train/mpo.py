@@ -58,15 +58,14 @@ class MPOObjective:
 
     def __call__(self, model: nn.Module, batch: PreferenceBatch, weight_total: torch.Tensor) -> torch.Tensor:
         device = weight_total.device
-        b = batch.batch
         p = batch.num_pairs
-        logps, counts, logits = self._forward(model, b, device)
+        logps, counts, logits = self._forward(model, batch, device)
         if self.reference_table is not None:
             table = self.reference_table[batch.indices]
             ref = torch.cat([table[:, 0], table[:, 1]]).to(device)
         else:
             with torch.no_grad():
-                ref = self._forward(self.reference, b, device)[0]
+                ref = self._forward(self.reference, batch, device)[0]
         if p == 0:
             # every rank still ran its forwards (collectives) and now joins delta's reduction
             if "bco_pair" in self.cfg.loss_types:
@@ -111,14 +110,21 @@ class MPOObjective:
             self.running.load_state_dict(state["bco_delta"])
 
     # ---------------------------------------------------------------- helpers
-    def _forward(self, model: nn.Module, b, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _forward(self, model: nn.Module, pb: PreferenceBatch, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log-prob sums, token counts) of the batch's sequences in input order, and the logits."""
         from .trainer import attention_layout
+        b = pb.batch
         layout = attention_layout(b.seq_ids)  # from the CPU copy: no device sync
         bd = b.to(device)
         if layout is not None:
             layout = layout.to(device)
-        logits = model(bd.input_ids, bd.position_ids, layout, bd.pixel_values)
+        pixel_values, tile_index = bd.pixel_values, None
+        if pb.tile_index is not None:
+            tile_index = pb.tile_index.to(device)
+            if vision_is_random(model):  # the official way: every sequence's tiles through the ViT on their own
+                pixel_values, tile_index = pixel_values[tile_index], None
+        logits = model(bd.input_ids, bd.position_ids, layout, pixel_values, tile_index)
         logps, counts = sequence_logps(logits, bd.labels, bd.seq_ids, b.slots)
         return logps, counts, logits
 
@@ -153,6 +159,15 @@ class MPOObjective:
         return list(STAT_NAMES) + [f"loss_{t}" for t in self.cfg.loss_types if t != "sft"]
 
 
+def vision_is_random(model: nn.Module) -> bool:
+    """Whether the ViT's output depends on chance now: training mode with drop path or a dropout (LoRA's)."""
+    vision = D.unwrap(model).vision_model
+    if not vision.training:
+        return False
+    return any((getattr(m, "drop_path", 0.0) or 0.0) > 0 or (isinstance(m, nn.Dropout) and m.p > 0)
+               for m in vision.modules() if m.training)
+
+
 # ---------------------------------------------------------------- the reference model
 
 def load_reference(source: str, tokenizer: str | None, seed: int, cls: type, device: torch.device) -> nn.Module:
@@ -183,7 +198,7 @@ def precompute_reference(reference: nn.Module, dataset: PreferenceDataset, colla
     device = info.device
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for batch in loader:
-            logps = objective._forward(reference, batch.batch, device)[0]
+            logps = objective._forward(reference, batch, device)[0]
             p = batch.num_pairs
             if p:
                 idx = batch.indices.to(device)

@@ -14,13 +14,16 @@ Facts from `internvl_chat/internvl/train/internvl_chat_mpo.py` (`LazySupervisedD
 
 A batch holds the micro-batch's chosen sequences followed by its rejected ones, collated one per row
 (padded) or packed (`packing.pack`), so the policy runs one forward over both, like the official
-`concatenated_forward` (which also repeats the pixel values for the rejected half).
+`concatenated_forward`. The official code also repeats the pixel values for the rejected half, so the ViT
+encodes every tile twice; here the batch keeps each pair's tiles once with `tile_index`, the order their
+features take in the token stream, and the objective encodes them once whenever the ViT is deterministic
+(eval mode, or no drop path and no dropout), which gives the same features at half the ViT cost.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -95,9 +98,10 @@ class PreferenceBatch:
     Sequence s of the input order sits at `batch.slots[s]`; pair p's chosen is sequence p, its rejected
     sequence p + num_pairs.
     """
-    batch: Batch
+    batch: Batch  # its pixel_values: each pair's tiles once, pair by pair
     num_pairs: int
     indices: torch.Tensor  # (num_pairs,) long: dataset index of each pair
+    tile_index: torch.Tensor | None = None  # (tiles in token order,) long: row of batch.pixel_values for each
     num_skipped: int = 0
     sources: list[str] = field(default_factory=list)
 
@@ -111,8 +115,9 @@ class PreferenceBatch:
         return self.num_pairs
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PreferenceBatch:
-        return PreferenceBatch(self.batch.to(device, dtype), self.num_pairs, self.indices, self.num_skipped,
-                               self.sources)
+        tile_index = None if self.tile_index is None else self.tile_index.to(device)
+        return PreferenceBatch(self.batch.to(device, dtype), self.num_pairs, self.indices, tile_index,
+                               self.num_skipped, self.sources)
 
 
 @dataclass
@@ -126,7 +131,24 @@ class PreferenceCollator:
         kept = [p for p in pairs if p is not None]
         sequences = [p.chosen for p in kept] + [p.rejected for p in kept]
         # the loss weights of a Batch are not used by MPO; "token" is the cheapest to compute
-        batch = collate(sequences, self.pad_id, "token") if self.max_tokens is None else \
-            pack(sequences, self.max_tokens, self.pad_id, "token")
-        return PreferenceBatch(batch, len(kept), torch.tensor([p.index for p in kept], dtype=torch.long),
+        # assemble without pixels (they would be copied twice), then give every pair's tiles once
+        bare = [replace(s, pixel_values=None) for s in sequences]
+        batch = collate(bare, self.pad_id, "token") if self.max_tokens is None else \
+            pack(bare, self.max_tokens, self.pad_id, "token")
+        tile_index = None
+        if any(p.chosen.pixel_values is not None for p in kept):
+            first, start = [], 0
+            for p in kept:
+                first.append(start)
+                start += 0 if p.chosen.pixel_values is None else p.chosen.pixel_values.shape[0]
+            batch.pixel_values = torch.cat([p.chosen.pixel_values for p in kept if p.chosen.pixel_values is not None])
+            batch.num_tiles = []
+            order = []  # the order packing wrote the sequences: row by row, then within the row
+            for i in sorted(range(len(sequences)), key=lambda i: batch.slots[i]):
+                pair = kept[i % len(kept)]
+                if pair.chosen.pixel_values is not None:
+                    order.append(torch.arange(first[i % len(kept)], first[i % len(kept)] + pair.chosen.pixel_values.shape[0]))
+                    batch.num_tiles += pair.chosen.num_tiles
+            tile_index = torch.cat(order)
+        return PreferenceBatch(batch, len(kept), torch.tensor([p.index for p in kept], dtype=torch.long), tile_index,
                                len(pairs) - len(kept), [p.chosen.source for p in kept])

@@ -51,9 +51,16 @@ class SFTInternVL(InternVL):
     run_vision_always = False  # set under several processes, see forward
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | Segments | None,
-                pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) ids and positions, attention layout (`attention_layout`) [+ tiles] -> logits (B, T, vocab)."""
-        embeds = self.embed(input_ids, pixel_values=pixel_values)
+                pixel_values: torch.Tensor | None = None, tile_index: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids and positions, attention layout (`attention_layout`) [+ tiles] -> logits (B, T, vocab).
+
+        `tile_index` (MPO): the tiles are encoded once and their features placed in this order, so a tile that
+        several sequences show goes through the ViT once."""
+        features = None
+        if tile_index is not None and pixel_values is not None:
+            features = self.extract_feature(pixel_values)[tile_index]
+        embeds = self.embed(input_ids, pixel_values=pixel_values if features is None else None,
+                            image_features=features)
         if pixel_values is None and self.run_vision_always:
             # every rank must run the ViT each micro-batch (its FSDP all-gathers and DDP gradient reductions are
             # collective), so a text-only batch runs one blank tile at zero weight, like the official trainer
