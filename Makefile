@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench tiny lint clean
+.PHONY: demo test setup bench tiny tiny-mpo lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,13 @@ bench: $(STAMP)
 # train the shipped tiny InternVL from scratch (about 80 minutes on 2 CPU cores) into src/internvl/tiny/model
 tiny: $(STAMP)
 	$(BIN)/python -m internvl.tiny.recipe --work scratch/tiny-recipe
+
+# preference pairs from a tiny SFT model, MPO on them, and the before/after report (scratch/tiny-mpo/report.md);
+# TINY_MPO_MODEL=DIR runs it on another checkpoint (then also TINY_MPO_WORK=another/dir)
+TINY_MPO_MODEL ?= src/internvl/tiny/model
+TINY_MPO_WORK ?= scratch/tiny-mpo
+tiny-mpo: $(STAMP)
+	$(BIN)/python -m internvl.tiny.mpo_recipe --model $(TINY_MPO_MODEL) --work $(TINY_MPO_WORK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
