@@ -5,6 +5,7 @@ written pairs are MMPR lines that `PreferenceDataset` reads; `make tiny-mpo`'s r
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -87,13 +88,61 @@ def test_report_compares_the_evaluations_and_checks_the_targets(tmp_path):
     (tmp_path / "pairs").mkdir()
     (tmp_path / "pairs" / "summary.json").write_text(json.dumps({"pairs": 40, "questions": 70, "always_right": 20,
                                                                  "always_wrong": 5}))
-    record = {"model": "m", "pairs": {"command": "p", "seconds": 60.0, "cpu_seconds": 100.0},
+    record = {"model": "m", "eval-sft": {"command": "e", "seconds": 30.0, "cpu_seconds": 50.0},
+              "pairs": {"command": "p", "seconds": 60.0, "cpu_seconds": 100.0},
               "mpo": {"command": "t", "seconds": 600.0, "cpu_seconds": 1100.0},
               "eval-mpo": {"command": "e", "seconds": 30.0, "cpu_seconds": 50.0}}
     out = mpo_recipe.report(tmp_path, record)
     assert out["gain"] == pytest.approx((0.4 + 0.2 - 0.01) / 7)
-    assert out["worst_type_change"] == pytest.approx(-0.01) and out["minutes"] == 11.5
+    assert out["worst_type_change"] == pytest.approx(-0.01) and out["minutes"] == 12.0
     assert out["targets"] == {"gain >= 5 points": True, "no type down > 2 points": True, "under 30 minutes": True}
     md = (tmp_path / "report.md").read_text()
     assert "| count_all | 10 | 50.0% | 90.0% | +40.0 |" in md and "| compare | 10 | 50.0% | 49.0% | -1.0 |" in md
     assert "**+8.4**" in md
+
+
+def test_make_tiny_mpo_runs_cli_commands_on_the_given_model_and_resumes(tmp_path, monkeypatch):
+    """The recipe's steps are CLI commands on `--model`; finished steps are skipped, an interrupted MPO run resumes,
+    and a work directory of another model is refused."""
+    ran = []
+
+    def fake_run(command, check):  # each step "runs" by leaving its result behind
+        ran.append(command)
+        if "eval" in command:
+            out = command[command.index("--out") + 1]
+            (tmp_path / out).mkdir(parents=True, exist_ok=True)
+            (tmp_path / out / "summary.json").write_text(json.dumps({"n": 70, "accuracy": 0.5, "per_category": {
+                t: {"n": 10, "accuracy": 0.5} for t in QUESTION_TYPES}}))
+        elif "internvl.tiny.preference" in command:
+            out = tmp_path / command[command.index("--out") + 1]
+            out.mkdir(parents=True)
+            (out / "shapes_pairs_meta.json").write_text(json.dumps({"shapes_pairs": {"length": 40}}))
+            (out / "summary.json").write_text(json.dumps({"pairs": 40, "questions": 70, "always_right": 2,
+                                                          "always_wrong": 1}))
+        elif "--resume" not in command:  # the first MPO run is killed after its first checkpoint
+            (tmp_path / command[command.index("--output-dir") + 1] / "checkpoint-3").mkdir(parents=True)
+            raise subprocess.CalledProcessError(-9, command)
+        else:
+            steps = command[command.index("--max-steps") + 1]
+            final = tmp_path / command[command.index("--output-dir") + 1] / f"checkpoint-{steps}"
+            final.mkdir(parents=True)
+            (final / "config.json").write_text("{}")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mpo_recipe.subprocess, "run", fake_run)
+    with pytest.raises(subprocess.CalledProcessError):
+        mpo_recipe.run("some/model", tmp_path / "w")
+    names = [c[3] if c[1] == "-m" and c[2] == "internvl" else c[2] for c in ran]
+    assert names == ["eval", "internvl.tiny.preference", "train"]
+    train_cmd = ran[2]
+    assert train_cmd[train_cmd.index("--method") + 1] == "mpo" and train_cmd[train_cmd.index("--model") + 1] == "some/model"
+    assert "--precompute-ref" in train_cmd and ran[0][ran[0].index("--model") + 1] == "some/model"
+    steps = mpo_recipe.mpo_steps(tmp_path / "w" / "pairs" / "shapes_pairs_meta.json")
+    assert train_cmd[train_cmd.index("--max-steps") + 1] == str(steps) == str(-(-mpo_recipe.EPOCHS * 40 // mpo_recipe.BATCH))
+    ran.clear()
+    summary = mpo_recipe.run("some/model", tmp_path / "w")
+    assert [c[3] for c in ran] == ["train", "eval"] and "--resume" in ran[0]  # pairs and baseline not redone
+    assert ran[1][ran[1].index("--model") + 1].endswith(f"mpo/checkpoint-{steps}")
+    assert summary["gain"] == 0 and (tmp_path / "w" / "report.md").exists()
+    with pytest.raises(SystemExit, match="holds a run on some/model"):
+        mpo_recipe.run("other/model", tmp_path / "w")

@@ -109,7 +109,7 @@ def report(work: Path, record: dict) -> dict:
                  "mpo": after["per_category"][t]["accuracy"]} for t in QUESTION_TYPES}
     for v in types.values():
         v["change"] = v["mpo"] - v["sft"]
-    steps = ("pairs", "mpo", "eval-mpo")  # the stage itself; the baseline evaluation is not part of it
+    steps = ("eval-sft", "pairs", "mpo", "eval-mpo")  # the whole `make tiny-mpo`
     minutes = sum(record.get(s, {}).get("seconds", 0.0) for s in steps) / 60
     cpu_minutes = sum(record.get(s, {}).get("cpu_seconds", 0.0) for s in steps) / 60
     gain = after["accuracy"] - before["accuracy"]
@@ -131,7 +131,7 @@ def report(work: Path, record: dict) -> dict:
               f"**{100 * gain:+.1f}** |", "",
               f"Pairs: {pairs['pairs']} from {pairs['questions']} training questions ({pairs['always_right']} always "
               f"right and {pairs['always_wrong']} always wrong, skipped).", "",
-              f"Time for pairs + MPO + evaluation: {minutes:.1f} min wall, {cpu_minutes:.1f} min CPU "
+              f"Time for both evaluations, the pairs and MPO: {minutes:.1f} min wall, {cpu_minutes:.1f} min CPU "
               f"({os.cpu_count()} CPUs).", "",
               "Targets: " + "; ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in summary["targets"].items()),
               "", "Steps:", ""]
