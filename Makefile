@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench tiny eval-tiny lint clean
+.PHONY: demo test setup bench tiny tiny-mpo eval-tiny lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,13 @@ eval-tiny: $(STAMP)
 	$(BIN)/python -m internvl eval export-shapes --out $(EVAL_TINY)/bench --n 100
 	$(BIN)/python -m internvl eval run --out $(EVAL_TINY)/tiny --data $(EVAL_TINY)/bench/ShapesMCQ_circular.tsv \
 		--data $(EVAL_TINY)/bench/ShapesYN.tsv --data $(EVAL_TINY)/bench/ShapesVQA.tsv
+
+# preference pairs from a tiny SFT model, MPO on them, and the before/after report (scratch/tiny-mpo/report.md);
+# TINY_MPO_MODEL=DIR runs it on another checkpoint (then also TINY_MPO_WORK=another/dir)
+TINY_MPO_MODEL ?= src/internvl/tiny/model
+TINY_MPO_WORK ?= scratch/tiny-mpo
+tiny-mpo: $(STAMP)
+	$(BIN)/python -m internvl.tiny.mpo_recipe --model $(TINY_MPO_MODEL) --work $(TINY_MPO_WORK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

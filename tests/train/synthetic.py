@@ -49,3 +49,33 @@ def make_dataset(root: Path, n: int = 16, text_every: int = 3, seed: int = 0, na
     meta.write_text(json.dumps({name: {"root": str(root), "annotation": str(ann), "data_augment": False,
                                        "repeat_time": 1, "length": n}}))
     return meta
+
+
+def make_pairs(root: Path, n: int = 8, text_every: int = 3, seed: int = 0, name: str = "pairs",
+               equal_chosen_lengths: bool = False) -> Path:
+    """Write `n` MMPR lines (question, chosen, rejected; every `text_every`-th one text-only, every 4th image
+    question already holding its `<image>`) and a meta file; returns the meta path.
+
+    With `equal_chosen_lengths` every chosen response is 10 characters (10 byte-level tokens), so the token mean
+    over several micro-batches equals the mean of their token means."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        colour, shape = rng.choice(sorted(COLOURS)), rng.choice(SHAPES)
+        wrong = rng.choice([c for c in sorted(COLOURS) if c != colour])
+        if text_every and i % text_every == text_every - 1:
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            chosen = f"Sum is {a + b:02d}." if equal_chosen_lengths else f"{a} plus {b} is {a + b}."
+            lines.append({"question": f"What is {a} plus {b}?", "chosen": chosen, "rejected": f"{a + b + 1}"})
+            continue
+        _image(root / f"img{i}.png", colour, shape, (112, 112))
+        chosen = f"A {colour[:3]} {shape[:3]}." if equal_chosen_lengths else f"It is a {colour} {shape}."
+        question = "<image>\nWhat colour is the shape?" if i % 4 == 0 else "What colour is the shape?"
+        lines.append({"image": f"img{i}.png", "question": question, "chosen": chosen,
+                      "rejected": f"It is a {wrong} {shape}, I think."})
+    ann = root / f"{name}.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    meta = root / f"{name}_meta.json"
+    meta.write_text(json.dumps({name: {"root": str(root), "annotation": str(ann), "repeat_time": 1, "length": n}}))
+    return meta

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 STAGES = ("0", "1", "1.5", "2")
 PARALLEL = ("fsdp", "ddp")
 REDUCTIONS = ("token", "sample", "square")
+METHODS = ("sft", "mpo")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -34,6 +35,8 @@ class TrainConfig:
                            metavar="DIR")
     tokenizer: str | None = _opt(None, "tokenizer directory (default: the --model checkpoint's); 'byte' for the "
                                        "byte-level test tokenizer", metavar="DIR")
+    method: str = _opt("sft", "sft: supervised fine-tuning on conversations; mpo: mixed preference optimisation on "
+                              "MMPR pairs (question, chosen, rejected)", choices=METHODS)
     # what trains
     stage: str | None = _opt(None, "preset: 0 = vision pre-training on grounding data (ViT + projector + token "
                                     "embeddings, region-text alignment), 1 = projector only, 1.5 = ViT + projector, "
@@ -80,6 +83,18 @@ class TrainConfig:
                                            "(default: the model config's, usually off)")
     num_workers: int = _opt(0, "DataLoader worker processes (0 = load in the training process)")
     skip_bad_samples: bool = _opt(False, "log and skip malformed records instead of stopping")
+    # preference optimisation (--method mpo); defaults are the official MPO scripts'
+    loss_type: str = _opt("sigmoid,bco_pair", "MPO: comma-separated preference losses (sigmoid, bco_pair, ipo, hinge, "
+                                              "sft)", metavar="TYPES")
+    loss_weights: str | None = _opt(None, "MPO: comma-separated weight per loss type (default 0.8,0.2 for "
+                                          "sigmoid,bco_pair, else 1 each)", metavar="WEIGHTS")
+    beta: float = _opt(0.1, "MPO: beta, the scale of the policy / reference log-ratio")
+    rpo_alpha: float | None = _opt(1.0, "MPO: weight of the SFT term (token-mean NLL of the chosen responses) "
+                                        "added to every pair (0 = none)")
+    ref_model: str | None = _opt(None, "MPO: reference model (default: a frozen copy of --model, the starting "
+                                       "checkpoint)", metavar="DIR|REPO|PRESET")
+    precompute_ref: bool = _opt(False, "MPO: compute the reference log-probs of every pair once before training "
+                                       "and free the reference model (one model in memory instead of two)")
     # saving, logging, running
     save_steps: int = _opt(500, "save a checkpoint every N steps (0 = only at the end)")
     save_total_limit: int = _opt(2, "keep the newest N checkpoints (0 = keep all)")
@@ -142,6 +157,14 @@ class TrainConfig:
             raise ConfigError(f"--v2pe-stride must be in (0, 1], got {self.v2pe_stride}")
         if self.parallel not in PARALLEL:
             raise ConfigError(f"--parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "mpo" and self.stage == "0":
+            raise ConfigError("--stage 0 (vision pre-training on regions) is not a preference method: drop "
+                              "--method mpo or pick another --stage")
+        if self.method == "mpo":
+            from .mpo_loss import MPOLossConfig
+            MPOLossConfig.parse(self.loss_type, self.loss_weights, self.beta, self.rpo_alpha)  # fail before loading
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:

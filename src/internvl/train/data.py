@@ -153,7 +153,8 @@ class SFTDataset(torch.utils.data.Dataset):
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise DataError(f"{source}: malformed JSON ({getattr(e, 'msg', e)}, column "
                                 f"{getattr(e, 'colno', '?')})") from None
-            return self.build(record, i, d, source)
+            rng = random.Random(self.seed * 1_000_003 + i) if self._cfgs[d].data_augment else None
+            return self.build(record, self._cfgs[d], spec.root, source, rng, i)
         except DataError as e:
             if not self.cfg.skip_bad_samples:
                 raise
@@ -161,10 +162,11 @@ class SFTDataset(torch.utils.data.Dataset):
             log.warning("skipping bad sample: %s", e)
             return None
 
-    def build(self, record: Any, i: int, d: int, source: str) -> Sample:
-        """Record `i` (of dataset `d`, parsed JSON) -> its sample; other objectives' datasets override this."""
-        rng = random.Random(self.seed * 1_000_003 + i) if self._cfgs[d].data_augment else None
-        return build_sample(record, self.tokenizer, self._cfgs[d], self.specs[d].root, source, rng)
+    def build(self, record: Any, cfg: DataConfig, root: str, source: str, rng: random.Random | None,
+              index: int) -> Any:
+        """One parsed record -> its item (a `Sample` here; `mpo_data.PreferenceDataset` makes pairs,
+        `region_align.RegionDataset` region samples)."""
+        return build_sample(record, self.tokenizer, cfg, root, source, rng)
 
 
 def _index_lines(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,8 @@
 
 Spec section 5. Only rank 0 writes. `metrics.jsonl` is the record of the run: a resumed run first drops
 the lines past its checkpoint's step (the interrupted run may have logged steps it never saved), so the file
-always reads as one uninterrupted run. The loss curve is drawn with Pillow (no matplotlib).
+always reads as one uninterrupted run. The loss curve is drawn with Pillow (no matplotlib); an MPO run also
+gets `mpo_curves.png`, one panel per preference metric.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-METRICS_FILE, CURVE_FILE = "metrics.jsonl", "loss_curve.png"
+METRICS_FILE, CURVE_FILE, MPO_CURVES_FILE = "metrics.jsonl", "loss_curve.png", "mpo_curves.png"
+MPO_PANELS = ("loss_sigmoid", "loss_bco_pair", "loss_sft", "rewards/accuracies", "rewards/margins", "bco_delta")
 
 
 class MetricsLog:
@@ -78,6 +80,11 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 def draw_loss_curve(steps: list[int], losses: list[float], path: str | os.PathLike,
                     title: str = "training loss", size: tuple[int, int] = (800, 480)) -> Path:
     """Plot loss against step as a PNG: axes with round ticks, the raw curve, and a moving average."""
+    _plot(steps, losses, title, size).save(path)
+    return Path(path)
+
+
+def _plot(steps: list[int], losses: list[float], title: str, size: tuple[int, int]) -> Image.Image:
     w, h = size
     left, right, top, bottom = 70, 20, 40, 50
     img = Image.new("RGB", size, "white")
@@ -86,8 +93,7 @@ def draw_loss_curve(steps: list[int], losses: list[float], path: str | os.PathLi
     points = [(s, v) for s, v in zip(steps, losses) if v is not None and math.isfinite(v)]
     if not points:
         draw.text((left, h // 2), "no finite loss values", fill="black")
-        img.save(path)
-        return Path(path)
+        return img
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = min(xs), max(max(xs), min(xs) + 1)
     y0, y1 = min(ys), max(ys)
@@ -115,11 +121,26 @@ def draw_loss_curve(steps: list[int], losses: list[float], path: str | os.PathLi
     else:
         px, py = to_px(xs[0], ys[0])
         draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=(200, 40, 40))
-    img.save(path)
+    return img
+
+
+def draw_panels(rows: list[dict], keys: list[str], path: str | os.PathLike, size: tuple[int, int] = (600, 300),
+                columns: int = 2) -> Path:
+    """One small curve per metric key (against step), in a grid, as one PNG."""
+    cols = min(columns, len(keys))
+    grid = Image.new("RGB", (size[0] * cols, size[1] * -(-len(keys) // cols)), "white")
+    for i, key in enumerate(keys):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        panel = _plot([s for s, _ in points], [v for _, v in points], key, size)
+        grid.paste(panel, ((i % cols) * size[0], (i // cols) * size[1]))
+    grid.save(path)
     return Path(path)
 
 
 def draw_from_metrics(output_dir: str | os.PathLike) -> Path:
     """The loss curve of `output_dir/metrics.jsonl`, saved as `output_dir/loss_curve.png`."""
     rows = [r for r in read_metrics(Path(output_dir) / METRICS_FILE) if "loss" in r]
+    keys = [k for k in MPO_PANELS if any(k in r for r in rows)]
+    if keys:
+        draw_panels(rows, keys, Path(output_dir) / MPO_CURVES_FILE)
     return draw_loss_curve([r["step"] for r in rows], [r["loss"] for r in rows], Path(output_dir) / CURVE_FILE)

@@ -121,20 +121,31 @@ def build_sample(record: dict, tokenizer: Any, cfg: DataConfig, root: str, sourc
         frames = cfg.num_video_frames if video else 0
         _place_media(turns, images, isinstance(record.get("image"), str), frames)
         pixel_values, num_tiles = _pixels(images, video, root, cfg, rng)
-        pieces = render_spans(get_template(cfg.template), turns, system if system is not None else cfg.system_message,
-                              training=True)
-        tiles = iter(num_tiles)
-        pieces = [(expand_images(t, [next(tiles) for _ in range(t.count(IMAGE_PLACEHOLDER))], cfg.num_image_token), s)
-                  for t, s in pieces]
-        ids, labels = _tokenize(pieces, tokenizer)
-        ids, labels = _fit(ids, labels, tokenizer, cfg, num_tiles)
+        ids, labels = encode_turns(turns, system, num_tiles, tokenizer, cfg)
     except (DataError, ImageLoadError) as e:
         raise DataError(f"{source}: {e}") from None
-    input_ids = torch.tensor(ids, dtype=torch.long)
     positions = None
     if cfg.v2pe_stride is not None:
-        positions = v2pe_positions(input_ids, tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN), cfg.v2pe_stride)
-    return Sample(input_ids, torch.tensor(labels, dtype=torch.long), pixel_values, num_tiles, source, positions)
+        positions = v2pe_positions(ids, tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN), cfg.v2pe_stride)
+    return Sample(ids, labels, pixel_values, num_tiles, source, positions)
+
+
+def encode_turns(turns: list[list], system: str | None, num_tiles: list[int], tokenizer: Any, cfg: DataConfig
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(role, text) turns whose `<image>` placeholders are in place -> (ids, labels), long tensors.
+
+    The template renders the turns (`system`, else `cfg.system_message`, else the template's default), each
+    placeholder expands to its image's `num_tiles` x `num_image_token` context tokens, and the result is
+    tokenized, label-masked and fitted to `max_seq_length` (`DataError` when it cannot be).
+    """
+    pieces = render_spans(get_template(cfg.template), turns, system if system is not None else cfg.system_message,
+                          training=True)
+    tiles = iter(num_tiles)
+    pieces = [(expand_images(t, [next(tiles) for _ in range(t.count(IMAGE_PLACEHOLDER))], cfg.num_image_token), s)
+              for t, s in pieces]
+    ids, labels = _tokenize(pieces, tokenizer)
+    ids, labels = _fit(ids, labels, tokenizer, cfg, num_tiles)
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
 
 
 def _conversation(record: Any, strip: bool) -> tuple[list[list], str | None]:

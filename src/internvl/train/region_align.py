@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -114,8 +115,8 @@ class RegionDataset(SFTDataset):
         super().__init__(meta_path, tokenizer, cfg, seed)
         self.ps_version, self.side = ps_version, token_grid(cfg.num_image_token)
 
-    def build(self, record: Any, i: int, d: int, source: str) -> RegionSample:
-        cfg, root = self._cfgs[d], self.specs[d].root
+    def build(self, record: Any, cfg: DataConfig, root: str, source: str, rng: random.Random | None,
+              index: int) -> RegionSample:
         max_num = cfg.max_dynamic_patch
         image = record.get("image") if isinstance(record, dict) else None
         if not isinstance(image, str) or not image:

@@ -4,7 +4,7 @@ Spec section 5. `train(cfg)` builds the model (a checkpoint or a preset), freeze
 (`optim.py`, `lora.py`), wraps it for several processes (`distributed.py`), streams packed or padded batches
 from the official data format (`data.py`, `packing.py`), and saves atomic, chat-loadable checkpoints with
 everything `--resume` needs (`state.py`). An objective turns a micro-batch into its share of the step's loss;
-SFT is the one here, and another objective (MPO) plugs into the same `train_step`.
+SFT is the one here; MPO (`--method mpo`, `mpo.py`) plugs into the same `train_step` with its own data.
 
 The step's loss is sum(w * CE) / sum(w) over the whole global batch (every micro-batch of every rank,
 `loss.sft_loss`), so gradient accumulation and the number of processes change nothing but float rounding.
@@ -53,13 +53,20 @@ class SFTInternVL(InternVL):
 
     def forward(self, input_ids: torch.Tensor | None, position_ids: torch.Tensor | None,
                 mask: torch.Tensor | Segments | None, pixel_values: torch.Tensor | None = None,
+                tile_index: torch.Tensor | None = None,
                 phrases: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | tuple:
         """(B, T) ids and positions, attention layout (`attention_layout`) [+ tiles] -> logits (B, T, vocab).
 
-        Stage 0 passes `phrases` (ids, mask) and no text: -> (image tokens, phrase embeddings), no decoder."""
+        `tile_index` (MPO): the tiles are encoded once and their features placed in this order, so a tile that
+        several sequences show goes through the ViT once. Stage 0 passes `phrases` (ids, mask) and no text:
+        -> (image tokens, phrase embeddings), no decoder."""
         if phrases is not None:
             return self.extract_feature(pixel_values), phrase_embeddings(self.language_model.embed_tokens, *phrases)
-        embeds = self.embed(input_ids, pixel_values=pixel_values)
+        features = None
+        if tile_index is not None and pixel_values is not None:
+            features = self.extract_feature(pixel_values)[tile_index]
+        embeds = self.embed(input_ids, pixel_values=pixel_values if features is None else None,
+                            image_features=features)
         if pixel_values is None and self.run_vision_always:
             # every rank must run the ViT each micro-batch (its FSDP all-gathers and DDP gradient reductions are
             # collective), so a text-only batch runs one blank tile at zero weight, like the official trainer
@@ -79,15 +86,39 @@ def attention_layout(seq_ids: torch.Tensor) -> Segments | None:
 class Objective(Protocol):
     """What a step minimises. The step's loss is the sum of `__call__` over its micro-batches (and ranks),
     where `weight_total` (on the training device) is the sum of `weight` over the same micro-batches (and ranks).
-    Both receive the batch as the DataLoader made it, on the CPU."""
+    Both receive the batch as the DataLoader made it, on the CPU.
+
+    Besides the loss, an objective may log more: `step_statistics` hands over sums it gathered during the step
+    (the trainer adds them up over ranks, in the same reduction as its own counts), `metrics` turns the global
+    sums into the step's metric values. `state_dict` is saved in every checkpoint and given back on resume."""
 
     def weight(self, batch: Batch) -> torch.Tensor: ...
 
     def __call__(self, model: nn.Module, batch: Batch, weight_total: torch.Tensor) -> torch.Tensor: ...
 
+    def step_statistics(self) -> dict[str, torch.Tensor]: ...
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 class SFTObjective:
     """Weighted next-token cross-entropy (`loss.sft_loss`), normalised over the global batch."""
+
+    def step_statistics(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def weight(self, batch: Batch) -> torch.Tensor:
         return batch.loss_weight[:, 1:].sum()  # the weights of the shifted targets
@@ -115,7 +146,8 @@ def train_step(model: nn.Module, micro_batches: list[Batch], optimizer: torch.op
     """One optimizer step over this rank's micro-batches of the global batch.
 
     Returns, without any device sync: the global-batch loss, the gradient norm before clipping (tensors), the
-    lr this step used (a float), and global token / sample / skipped-sample counts (tensors).
+    lr this step used (a float), global token / sample / skipped-sample counts (tensors), and the objective's
+    step statistics summed over ranks (`objective`: name -> tensor).
     """
     device = ctx.info.device
     # the normaliser covers every micro-batch of every rank; weights live on the CPU, one small reduction
@@ -139,9 +171,11 @@ def train_step(model: nn.Module, micro_batches: list[Batch], optimizer: torch.op
     optimizer.zero_grad(set_to_none=True)
     counts = torch.tensor([sum(b.num_tokens for b in micro_batches), sum(b.num_samples for b in micro_batches),
                            sum(b.num_skipped for b in micro_batches)], dtype=torch.float64)
-    totals = D.all_reduce_sum(torch.cat([loss_sum.double().reshape(1), counts.to(device)]), ctx.info)
+    extra = ctx.objective.step_statistics()
+    parts = [loss_sum.double().reshape(1), counts.to(device)] + [v.double().reshape(1).to(device) for v in extra.values()]
+    totals = D.all_reduce_sum(torch.cat(parts), ctx.info)
     return {"loss": totals[0], "grad_norm": grad_norm, "lr": lr, "tokens": totals[1], "samples": totals[2],
-            "skipped": totals[3]}
+            "skipped": totals[3], "objective": dict(zip(extra, totals[4:]))}
 
 
 # ---------------------------------------------------------------- setting up a run
@@ -162,6 +196,7 @@ class Run:
     start_step: int
     max_steps: int
     resumed_from: Path | None
+    objective: Objective = field(default_factory=SFTObjective)
 
 
 def prepare_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[SFTInternVL, Tokenizer, Path | None, dict]:
@@ -197,18 +232,22 @@ def prepare_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[SFTIntern
 
 def build_loader(cfg: TrainConfig, model: InternVL, tokenizer: Tokenizer, info: D.DistInfo, start_step: int
                  ) -> tuple[torch.utils.data.DataLoader, D.StepBatchSampler, int]:
-    """The data pipeline -> (loader, sampler, max_steps)."""
+    """The data pipeline -> (loader, sampler, max_steps): SFT conversations, or MPO preference pairs."""
     overrides = {"max_seq_length": cfg.max_seq_length, "skip_bad_samples": cfg.skip_bad_samples}
     if cfg.max_dynamic_patch is not None:
         overrides["max_dynamic_patch"] = cfg.max_dynamic_patch
     data_cfg = DataConfig.from_model(model.config, **overrides)
+    max_packed = cfg.max_packed_tokens if cfg.packed else None
     if cfg.stage == "0":
         dataset = RegionDataset(cfg.meta_path, tokenizer, data_cfg, cfg.seed, model.config.ps_version)
         collate = RegionCollator(tokenizer)
+    elif cfg.method == "mpo":
+        from .mpo_data import PreferenceCollator, PreferenceDataset
+        dataset = PreferenceDataset(cfg.meta_path, tokenizer, data_cfg, seed=cfg.seed)
+        collate = PreferenceCollator(tokenizer.pad_token_id, max_packed)
     else:
         dataset = SFTDataset(cfg.meta_path, tokenizer, data_cfg, seed=cfg.seed)
-        collate = PackedCollator(tokenizer.pad_token_id, cfg.loss_reduction,
-                                 cfg.max_packed_tokens if cfg.packed else None)
+        collate = PackedCollator(tokenizer.pad_token_id, cfg.loss_reduction, max_packed)
     probe = D.StepBatchSampler(len(dataset), cfg.per_device_batch_size, cfg.gradient_accumulation_steps, info,
                                cfg.seed)
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * probe.steps_per_epoch))
@@ -235,6 +274,9 @@ def setup(cfg: TrainConfig, info: D.DistInfo) -> Run:
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or choose another "
                           "--output-dir")
     saved = read_trainer_state(resume_from) if resume_from is not None else None
+    if saved and saved[0].get("config", {}).get("method", "sft") != cfg.method:
+        raise ConfigError(f"{resume_from} was trained with --method {saved[0]['config'].get('method', 'sft')}, this "
+                          f"run asks for --method {cfg.method}")
     model, tokenizer, tokenizer_source, specs = prepare_model(cfg, resume_from)
     model.run_vision_always = info.enabled
     model.to(info.device)
@@ -247,7 +289,13 @@ def setup(cfg: TrainConfig, info: D.DistInfo) -> Run:
                            find_unused=model.config.select_layer != -1)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, max_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
+    objective: Objective = RegionTextObjective() if cfg.stage == "0" else SFTObjective()
+    if cfg.method == "mpo":  # before the RNG is seeded or restored below: building the reference draws from it
+        from .mpo import build_objective
+        objective = build_objective(cfg, info, SFTInternVL, loader.dataset, loader.collate_fn,
+                                    model.run_vision_always)
     if saved:
+        objective.load_state_dict(saved[0].get("objective", {}))
         D.load_optimizer_state(wrapped, optimizer, saved[1], info)
         scheduler.load_state_dict(saved[2]["scheduler"])
         rngs = saved[2]["rng"]
@@ -255,7 +303,7 @@ def setup(cfg: TrainConfig, info: D.DistInfo) -> Run:
     else:
         torch.manual_seed(cfg.seed + info.rank)  # dropout / drop path streams differ per rank
     return Run(cfg, info, wrapped, model, tokenizer, tokenizer_source, specs, optimizer, scheduler, loader,
-               sampler, start_step, max_steps, resume_from)
+               sampler, start_step, max_steps, resume_from, objective)
 
 
 # ---------------------------------------------------------------- saving
@@ -278,7 +326,7 @@ def save(run: Run, step: int) -> Path | None:
         epoch, offset = run.sampler.position(step)
         trainer_state = {"epoch": epoch, "epoch_offset": offset, "global_batch": run.sampler.global_batch,
                          "num_samples": run.sampler.n, "world_size": info.world_size, "max_steps": run.max_steps,
-                         "config": dataclasses.asdict(cfg)}
+                         "config": dataclasses.asdict(cfg), "objective": run.objective.state_dict()}
         path = save_training_checkpoint(
             cfg.output_dir, step, model_state=state, config=run.inner.config, tokenizer=run.tokenizer,
             tokenizer_source=run.tokenizer_source, optimizer_state=optim_state,
@@ -307,7 +355,7 @@ def fit(run: Run) -> dict:
     metrics = MetricsLog(cfg.output_dir, resume_step=run.start_step if run.resumed_from else None) \
         if info.is_main else None
     ctx = StepContext(info, [p for p in run.inner.parameters() if p.requires_grad], cfg.max_grad_norm, cfg.bf16,
-                      RegionTextObjective() if cfg.stage == "0" else SFTObjective())
+                      run.objective)
     bar, batches = _progress(run), iter(run.loader)
     run.model.train()
     set_frozen_parts_eval(run.inner)
@@ -327,7 +375,9 @@ def fit(run: Run) -> dict:
             if metrics is not None:
                 metrics.log(row)
             if bar is not None:
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+                extra = {"acc": f"{row['rewards/accuracies']:.2f}"} if "rewards/accuracies" in row else {}
+                bar.set_postfix(loss=f"{row['loss']:.4f}", **extra, lr=f"{row['lr']:.2e}",
+                                tok_s=f"{row['tokens_per_s']:.0f}")
         if bar is not None:
             bar.update(1)
         if (cfg.save_steps and step % cfg.save_steps == 0) or step == stop:
@@ -347,7 +397,8 @@ def _row(step: int, stats: dict, tokens_per_s: float, run: Run) -> dict:
     norm = stats["grad_norm"]
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2 returns a DTensor
     epoch, _ = run.sampler.position(step - 1)
-    return {"step": step, "loss": float(stats["loss"]), "lr": float(stats["lr"]), "grad_norm": float(norm),
+    extra = run.objective.metrics({k: float(v) for k, v in stats.get("objective", {}).items()})
+    return {"step": step, "loss": float(stats["loss"]), **extra, "lr": float(stats["lr"]), "grad_norm": float(norm),
             "tokens": int(stats["tokens"]), "samples": int(stats["samples"]), "skipped": int(stats["skipped"]),
             "tokens_per_s": tokens_per_s, "epoch": epoch}
 
