@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from .errors import InternVLError
-from .tiny import DEFAULT_MODEL
+from .tiny import DEFAULT_MODEL, DEFAULT_PRM
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -55,9 +55,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
     if args.quantize == "int8":
         from .quantize import quantize_int8
         quantize_int8(model)
-    gen = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0,
-           "temperature": args.temperature, "top_p": args.top_p}
-    session = ChatSession(model, tokenizer, gen, max_tiles=args.max_tiles)
+    if args.best_of != 1:
+        session = _best_of_n_session(args, model, tokenizer, device)
+    else:
+        temperature = args.temperature or 0.0
+        gen = {"max_new_tokens": args.max_new_tokens, "do_sample": temperature > 0, "temperature": temperature,
+               "top_p": 1.0 if args.top_p is None else args.top_p}
+        session = ChatSession(model, tokenizer, gen, max_tiles=args.max_tiles)
     for path in args.image:
         session.add_image(path)
     if args.video:
@@ -85,6 +89,19 @@ def cmd_chat(args: argparse.Namespace) -> None:
             print(f"unknown command {line.split()[0]}; commands: /image FILE, /reset, /exit", file=sys.stderr)
         else:
             _print_stream(session.ask(line))
+
+
+def _best_of_n_session(args: argparse.Namespace, model, tokenizer, device: str):
+    """`chat --best-of N`: N candidates per question (greedy + sampled), the verifier's choice printed."""
+    from .tts.best_of_n import SAMPLE_TEMPERATURE, SAMPLE_TOP_P, BestOfNSession, Verifier
+    from .runtime import resolve_dtype
+    verifier = None
+    if args.strategy != "majority" and args.best_of > 1:
+        verifier = Verifier.load(args.prm, dtype=resolve_dtype(args.dtype, device), device=device)
+    return BestOfNSession(model, tokenizer, {"max_new_tokens": args.max_new_tokens}, args.best_of, args.strategy,
+                          verifier, args.max_tiles,
+                          SAMPLE_TEMPERATURE if args.temperature is None else args.temperature,
+                          SAMPLE_TOP_P if args.top_p is None else args.top_p, args.seed)
 
 
 def _print_stream(chunks) -> None:
@@ -128,6 +145,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .eval.report import format_table
     from .eval.runner import evaluate, from_args
     summary = evaluate(from_args(args))
+    if "curve" in summary:  # --best-of / --step-by-step
+        from .tts.report import format_curve
+        print(f"{summary['task']}: {summary['n']} held-out samples, best of {summary['best_of']}, model "
+              f"{summary['model']}, PRM {summary['prm']}, {summary['seconds']:.1f}s")
+        print(format_curve(summary))
+        print(f"wrote candidates.jsonl, summary.json and best_of_n.png to {summary['out']}")
+        return
     print(f"{summary['task']}: {summary['n']} held-out samples, model {summary['model']}, {summary['seconds']:.1f}s")
     print(format_table(summary))
     print(f"wrote predictions.jsonl, summary.json and accuracy.png to {summary['out']}")
@@ -172,8 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--num-frames", type=int, default=8, help="frames sampled from --video")
             p.add_argument("--max-tiles", type=int, default=None, help="most tiles per image (default: config)")
             p.add_argument("--max-new-tokens", type=int, default=256)
-            p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-            p.add_argument("--top-p", type=float, default=1.0)
+            p.add_argument("--temperature", type=float, default=None,
+                           help="0 = greedy (the default); with --best-of, of the sampled candidates (default 0.6)")
+            p.add_argument("--top-p", type=float, default=None, help="default 1.0; with --best-of 0.95")
+            p.add_argument("--best-of", type=int, default=1, metavar="N",
+                           help="answer N times (1 greedy + N-1 sampled, in one batch) and print the best")
+            p.add_argument("--strategy", choices=["prm", "orm", "majority"], default="prm",
+                           help="how --best-of picks: PRM step scores, ORM (whole answer), or majority vote")
+            p.add_argument("--prm", default=DEFAULT_PRM, help="process reward model for --best-of "
+                                                              "(default: the shipped tiny PRM)")
+            p.add_argument("--seed", type=int, default=0, help="seed of the sampled --best-of candidates")
             p.add_argument("--dtype", default="auto", help="auto (bf16 where the CPU has it, else fp32), bf16, fp32")
             p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
             p.add_argument("--quantize", choices=["none", "int8"], default="none",
