@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench tiny lint clean
+.PHONY: demo test setup bench tiny tiny-prm lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,14 @@ bench: $(STAMP)
 # train the shipped tiny InternVL from scratch (about 80 minutes on 2 CPU cores) into src/internvl/tiny/model
 tiny: $(STAMP)
 	$(BIN)/python -m internvl.tiny.recipe --work scratch/tiny-recipe
+
+# train the tiny process reward model for a tiny policy and ship it to src/internvl/tiny/prm (hours on 2 busy
+# cores): step-wise fine-tuning of the policy, Monte Carlo PRM data, PRM training, Best-of-N evaluation.
+# A policy that already answers step by step: make tiny-prm POLICY=DIR PRM_ARGS="--policy-steps 0"
+POLICY ?= src/internvl/tiny/model
+PRM_ARGS ?=
+tiny-prm: $(STAMP)
+	$(BIN)/python -m internvl.tiny.prm_recipe --policy $(POLICY) --work scratch/tiny-prm $(PRM_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
