@@ -213,3 +213,10 @@ def test_cli_best_of_errors_are_one_line(checkpoint, tmp_path, capsys):
     assert "video" in capsys.readouterr().err
     assert main(["eval", "shapes", "--model", str(checkpoint), "--best-of", "0", "--n", "1"]) == 2
     assert "--best-of must be >= 1" in capsys.readouterr().err
+
+
+def test_a_missing_default_prm_says_how_to_get_one(tmp_path, monkeypatch):
+    import internvl.tiny as tiny_pkg
+    monkeypatch.setattr(tiny_pkg, "PRM_DIR", tmp_path / "prm")
+    with pytest.raises(ConfigError, match="make tiny-prm"):
+        Verifier.load(str(tmp_path / "prm"))

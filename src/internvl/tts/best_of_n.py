@@ -17,6 +17,7 @@ import string
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -152,6 +153,10 @@ class Verifier:
     @classmethod
     def load(cls, path: str, dtype: torch.dtype | None = None, device: str = "cpu", **kw) -> Verifier:
         from ..chat import from_pretrained
+        from ..tiny import PRM_DIR
+        if Path(path).resolve() == PRM_DIR.resolve() and not (PRM_DIR / "config.json").exists():
+            raise ConfigError(f"no tiny PRM is shipped at {PRM_DIR} yet: train one with `make tiny-prm`, or pass "
+                              "--prm DIR (any InternVL checkpoint can score steps)")
         model, tokenizer = from_pretrained(path, dtype=dtype, device=device)
         return cls(model.eval(), tokenizer, **kw)
 
