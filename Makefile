@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench tiny tiny-mpo eval-tiny lint clean
+.PHONY: demo test setup bench tiny tiny-mpo tiny-prm eval-tiny lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,14 @@ TINY_MPO_MODEL ?= src/internvl/tiny/model
 TINY_MPO_WORK ?= scratch/tiny-mpo
 tiny-mpo: $(STAMP)
 	$(BIN)/python -m internvl.tiny.mpo_recipe --model $(TINY_MPO_MODEL) --work $(TINY_MPO_WORK)
+
+# train the tiny process reward model for a tiny policy and ship it to src/internvl/tiny/prm (hours on 2 busy
+# cores): step-wise fine-tuning of the policy, Monte Carlo PRM data, PRM training, Best-of-N evaluation.
+# A policy that already answers step by step: make tiny-prm POLICY=DIR PRM_ARGS="--policy-steps 0"
+POLICY ?= src/internvl/tiny/model
+PRM_ARGS ?=
+tiny-prm: $(STAMP)
+	$(BIN)/python -m internvl.tiny.prm_recipe --policy $(POLICY) --work scratch/tiny-prm $(PRM_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

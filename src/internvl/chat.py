@@ -168,6 +168,22 @@ class InternVLChatModel(InternVL):
         sims = cosine(self.encode_image(pixel_values), self.encode_text(tokenizer, texts))  # (N, T, P)
         return torch.stack([part.amax(dim=(0, 1)) for part in sims.split(counts)])
 
+    # ---- as a process reward model (VisualPRM); the work is in internvl.tts.prm ----
+    def score_steps(self, tokenizer: Tokenizer, question: str, response_list: list[str],
+                    pixel_values: torch.Tensor | None = None, num_patches_list: list[int] | None = None,
+                    max_steps: int | None = None, **kw) -> list[list[float]]:
+        """Each response's step scores, P('+') per step (see `internvl.tts.prm.score_steps`)."""
+        from .tts.prm import score_steps
+        return score_steps(self, tokenizer, question, response_list, pixel_values, num_patches_list, max_steps, **kw)
+
+    def select_best_response(self, tokenizer: Tokenizer, question: str, response_list: list[str],
+                             pixel_values: torch.Tensor | None, num_patches_list: list[int] | None = None,
+                             max_steps: int | None = None, **kw) -> list[str]:
+        """`response_list` sorted best first by mean step score, ties in input order (VisualPRM's method)."""
+        from .tts.prm import select_best_response
+        return select_best_response(self, tokenizer, question, response_list, pixel_values, num_patches_list,
+                                    max_steps, **kw)
+
 
 def from_pretrained(path_or_repo: str | os.PathLike, dtype: torch.dtype | None = None,
                     device: str | torch.device = "cpu") -> tuple[InternVLChatModel, Tokenizer]:

@@ -11,9 +11,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-from .argtypes import Parser, device, non_negative_float, positive_int, probability
+from .argtypes import Parser, device, non_negative_float, non_negative_int, positive_int, probability
 from .errors import InternVLError
-from .tiny import DEFAULT_MODEL
+from .tiny import DEFAULT_MODEL, DEFAULT_PRM
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -64,10 +64,14 @@ def cmd_chat(args: argparse.Namespace) -> None:
     if args.quantize == "int8":
         from .quantize import quantize_int8
         quantize_int8(model)
-    gen = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0,
-           "temperature": args.temperature, "top_p": args.top_p}
-    session = ChatSession(model, tokenizer, gen, max_tiles=args.max_tiles,
-                          special_tokens_in_text=args.special_tokens_in_text)
+    if args.best_of != 1:
+        session = _best_of_n_session(args, model, tokenizer, device)
+    else:
+        temperature = args.temperature or 0.0
+        gen = {"max_new_tokens": args.max_new_tokens, "do_sample": temperature > 0, "temperature": temperature,
+               "top_p": 1.0 if args.top_p is None else args.top_p}
+        session = ChatSession(model, tokenizer, gen, max_tiles=args.max_tiles,
+                              special_tokens_in_text=args.special_tokens_in_text)
     for path in args.image:
         session.add_image(path)
     if args.video:
@@ -95,6 +99,19 @@ def cmd_chat(args: argparse.Namespace) -> None:
             print(f"unknown command {line.split()[0]}; commands: /image FILE, /reset, /exit", file=sys.stderr)
         else:
             _print_stream(session.ask(line))
+
+
+def _best_of_n_session(args: argparse.Namespace, model, tokenizer, device: str):
+    """`chat --best-of N`: N candidates per question (greedy + sampled), the verifier's choice printed."""
+    from .tts.best_of_n import SAMPLE_TEMPERATURE, SAMPLE_TOP_P, BestOfNSession, Verifier
+    from .runtime import resolve_dtype
+    verifier = None
+    if args.strategy != "majority" and args.best_of > 1:
+        verifier = Verifier.load(args.prm, dtype=resolve_dtype(args.dtype, device), device=device)
+    return BestOfNSession(model, tokenizer, {"max_new_tokens": args.max_new_tokens}, args.best_of, args.strategy,
+                          verifier, args.max_tiles,
+                          SAMPLE_TEMPERATURE if args.temperature is None else args.temperature,
+                          SAMPLE_TOP_P if args.top_p is None else args.top_p, args.seed)
 
 
 def _print_stream(chunks) -> None:
@@ -144,6 +161,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .eval.report import format_table
     from .eval.runner import evaluate, from_args
     summary = evaluate(from_args(args))
+    if "curve" in summary:  # --best-of / --step-by-step
+        from .tts.report import format_curve
+        print(f"{summary['task']}: {summary['n']} held-out samples, best of {summary['best_of']}, model "
+              f"{summary['model']}, PRM {summary['prm']}, {summary['seconds']:.1f}s")
+        print(format_curve(summary))
+        print(f"wrote candidates.jsonl, summary.json and best_of_n.png to {summary['out']}")
+        return
     print(f"{summary['task']}: {summary['n']} held-out samples, model {summary['model']} ({summary['dtype']} on "
           f"{summary['device']}), {summary['seconds']:.1f}s")
     print(format_table(summary))
@@ -281,8 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--num-frames", type=positive_int, default=8, help="frames sampled from --video")
             p.add_argument("--max-tiles", type=positive_int, default=None, help="most tiles per image (default: config)")
             p.add_argument("--max-new-tokens", type=positive_int, default=256)
-            p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
-            p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling mass, in (0, 1]")
+            p.add_argument("--temperature", type=non_negative_float, default=None,
+                           help="0 = greedy (the default); with --best-of, of the sampled candidates (default 0.6)")
+            p.add_argument("--top-p", type=probability, default=None,
+                           help="nucleus sampling mass, in (0, 1]; default 1.0, with --best-of 0.95")
+            p.add_argument("--best-of", type=positive_int, default=1, metavar="N",
+                           help="answer N times (1 greedy + N-1 sampled, in one batch) and print the best")
+            p.add_argument("--strategy", choices=["prm", "orm", "majority"], default="prm",
+                           help="how --best-of picks: PRM step scores, ORM (whole answer), or majority vote")
+            p.add_argument("--prm", default=DEFAULT_PRM, help="process reward model for --best-of "
+                                                              "(default: the shipped tiny PRM)")
+            p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sampled --best-of candidates")
             from .runtime import DTYPES
             p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                            help="auto (bf16 where the CPU has it, else fp32), bf16, fp32")

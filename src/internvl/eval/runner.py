@@ -30,7 +30,7 @@ from ..processing.image import load_question_images
 from ..processing.prompt import IMG_CONTEXT_TOKEN, build_query
 from ..processing.templates import get_template, stop_strings
 from ..processing.tokenizer import Tokenizer
-from ..tiny import DEFAULT_MODEL  # the shipped tiny model
+from ..tiny import DEFAULT_MODEL, DEFAULT_PRM  # the shipped tiny model and PRM
 from . import report
 from .metrics import mean
 from .tasks import Sample, Task, get_task
@@ -50,10 +50,14 @@ class EvalConfig:
     batch_size: int = 16  # requests decoded together
     max_tiles: int | None = None  # most tiles per image; default the model's max_dynamic_patch
     blind: bool = True  # also run the blind baseline (blank images)
-    max_new_tokens: int = 8  # answers are short; greedy decoding
+    max_new_tokens: int | None = None  # default 8 (one-word answers; greedy), 96 with step_by_step
     dtype: str = "auto"
     device: str | None = None
     progress: bool = True  # a tqdm bar on stderr
+    best_of: int = 1  # > 1: Best-of-N (internvl.tts.evaluate), the accuracy curve for prm / orm / majority
+    strategy: str = "prm"  # the Best-of-N strategy reported as the accuracy
+    prm: str = DEFAULT_PRM  # the process reward model of --best-of
+    step_by_step: bool = False  # ask for step-wise answers (the task's step prompt)
 
 
 def add_arguments(parser: argparse.ArgumentParser, task: bool = True) -> None:
@@ -73,7 +77,17 @@ def add_arguments(parser: argparse.ArgumentParser, task: bool = True) -> None:
                         help="most tiles per image (default: the config's)")
     parser.add_argument("--blind", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the blind baseline (every image replaced by a blank one)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=8)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help="default 8, or 96 with --step-by-step")
+    parser.add_argument("--best-of", type=positive_int, default=1, metavar="N",
+                        help="Best-of-N: N candidates per question (1 greedy + N-1 sampled); reports accuracy "
+                             "against N = 1, 2, 4, ..., N for the prm, orm and majority strategies")
+    parser.add_argument("--strategy", choices=["prm", "orm", "majority"], default="prm",
+                        help="the Best-of-N strategy reported as the accuracy")
+    parser.add_argument("--prm", default=DEFAULT_PRM, help="process reward model for --best-of "
+                                                          "(default: the shipped tiny PRM)")
+    parser.add_argument("--step-by-step", action="store_true",
+                        help="ask for step-wise answers (the question + 'Answer step by step.')")
     from ..runtime import DTYPES
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="auto (bf16 where the CPU has it, else fp32), bf16, fp32")
@@ -197,8 +211,11 @@ def evaluate(cfg: EvalConfig, model: InternVL | None = None, tokenizer: Tokenize
     task = get_task(cfg.task)
     if model is None or tokenizer is None:
         model, tokenizer = _load(cfg)
+    if cfg.best_of != 1 or cfg.step_by_step:
+        from ..tts.evaluate import evaluate_best_of_n
+        return evaluate_best_of_n(cfg, model, tokenizer)
     samples = list(task.examples(cfg.n, cfg.seed))
-    kw = dict(batch_size=cfg.batch_size, max_tiles=cfg.max_tiles, max_new_tokens=cfg.max_new_tokens,
+    kw = dict(batch_size=cfg.batch_size, max_tiles=cfg.max_tiles, max_new_tokens=cfg.max_new_tokens or 8,
               progress=cfg.progress)
     start = time.perf_counter()
     answers = generate_answers(model, tokenizer, task, samples, **kw)

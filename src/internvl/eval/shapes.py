@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..tiny import world
+from ..tiny.steps import STEP_INSTRUCTION
 from .metrics import first_word_match
 from .tasks import Sample
 
@@ -26,6 +27,10 @@ class ShapesTask:
 
     def prompt(self, sample: Sample) -> str:
         return sample.question
+
+    def step_prompt(self, sample: Sample) -> str:
+        """The question asking for a step-wise answer (`tiny/steps.py`), for Best-of-N with a PRM."""
+        return f"{sample.question}\n{STEP_INSTRUCTION}"
 
     def score(self, prediction: str, sample: Sample) -> float:
         return first_word_match(prediction, sample.answer)
