@@ -38,7 +38,7 @@ def test_parameter_count(name):
     assert sum(p.numel() for p in model.parameters()) == PRESETS[name].params
 
 
-@pytest.mark.parametrize("name", OFFICIAL)
+@pytest.mark.parametrize("name", [n for n in OFFICIAL if PRESETS[n].published])  # Flash cards state no size
 def test_published_size_agrees(name):
     """The recorded exact count rounds to the size the model card publishes (e.g. '938M', '8.08B')."""
     preset = PRESETS[name]
@@ -65,7 +65,7 @@ def truncated(cfg: InternVLConfig) -> InternVLConfig:
 # one oracle comparison per distinct truncated config
 CASES: dict[str, tuple[InternVLConfig, list[str]]] = {}
 for _name in OFFICIAL:
-    if _name in BUILDABLE:
+    if _name in BUILDABLE and not PRESETS[_name].config.has_vir:  # Flash: the base preset's LLM and ViT, no -hf form
         _cfg = truncated(PRESETS[_name].config)
         CASES.setdefault(repr(_cfg), (_cfg, []))[1].append(_name)
 

@@ -29,6 +29,7 @@ class InternVLChatModel(InternVL):
 
     system_message: str | None = None  # set to override config.system_message / the template's own
     enable_thinking: bool = True  # False switches a thinking template (Intern-S1) to answering directly
+    vir: str = "auto"  # Flash checkpoints: "auto" routes as the config says, "off" / "always" override it
 
     def _template(self):
         template = get_template(self.config.template)
@@ -45,7 +46,7 @@ class InternVLChatModel(InternVL):
         """An engine sized for these prompts; like the official chat(), it stops at the template separator."""
         return Engine(self, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                       max_batch=min(len(prompts), 8), eos_token_ids=[tokenizer.convert_tokens_to_ids(self._stop())],
-                      max_len=max(len(p) for p in prompts) + max(params.max_new_tokens, 1))
+                      max_len=max(len(p) for p in prompts) + max(params.max_new_tokens, 1), vir=self.vir)
 
     def _run(self, tokenizer: Tokenizer, prompts: list[list[int]], pixel_values: list[torch.Tensor | None],
              generation_config: dict | None) -> list[str]:
@@ -186,9 +187,11 @@ class InternVLChatModel(InternVL):
 
 
 def from_pretrained(path_or_repo: str | os.PathLike, dtype: torch.dtype | None = None,
-                    device: str | torch.device = "cpu") -> tuple[InternVLChatModel, Tokenizer]:
-    """Load a checkpoint (official or -hf layout; local directory or Hub repo id) -> (model, tokenizer)."""
-    model, directory, _ = load_model(path_or_repo, dtype=dtype, device=device, cls=InternVLChatModel)
+                    device: str | torch.device = "cpu", parts: tuple[str, ...] | None = None
+                    ) -> tuple[InternVLChatModel, Tokenizer]:
+    """Load a checkpoint (official or -hf layout; local directory or Hub repo id) -> (model, tokenizer).
+    `parts`: load only these top-level modules (see `checkpoint.loader.load_model`)."""
+    model, directory, _ = load_model(path_or_repo, dtype=dtype, device=device, cls=InternVLChatModel, parts=parts)
     tokenizer = Tokenizer.from_pretrained(directory)
     model._bind(tokenizer)
     if model.config.image_token_id is None:

@@ -47,8 +47,18 @@ def cmd_info(args: argparse.Namespace) -> None:
              f"{llm.num_hidden_layers} layers" if "sliding_attention" in llm.all_layer_types else ""))
     print(f"image       {cfg.num_image_token} tokens per tile, tiles {cfg.min_dynamic_patch}-{cfg.max_dynamic_patch}"
           f", thumbnail {cfg.use_thumbnail}, pixel shuffle {cfg.ps_version}, template {cfg.template}")
+    if cfg.has_vir:
+        rel, abs_ = cfg.flash_relative_threshold, cfg.flash_absolute_threshold
+        thresholds = "from the checkpoint" if rel is None else f"relative {rel:g}, absolute {abs_:g}"
+        print(f"flash       ViR router {'on' if cfg.flash_mode else 'off'} by default ({thresholds}); "
+              f"{cfg.num_image_token_compressed} tokens per compressed tile")
+        flash = sum(p.numel() for name in ("mlp2", "pooling_before_gating", "gating")
+                    for p in getattr(model, name).parameters())
+        router = f", mlp2 + router {flash:,}"
+    else:
+        router = ""
     print(f"parameters  {n:,} (vision {parts['vision_model']:,}, projector {parts['mlp1']:,}, "
-          f"llm {parts['language_model']:,})")
+          f"llm {parts['language_model']:,}{router})")
     print(f"memory      {n * 2 / 2**30:.2f} GiB in bf16, {n * 4 / 2**30:.2f} GiB in fp32 (weights only)")
 
 
@@ -64,6 +74,9 @@ def cmd_chat(args: argparse.Namespace) -> None:
     if args.quantize == "int8":
         from .quantize import quantize_int8
         quantize_int8(model)
+    from .models.flash import resolve_vir
+    resolve_vir(model.config, args.vir)  # "always" on a model without the Flash modules: one line, exit 2
+    model.vir = args.vir
     if args.best_of != 1:
         session = _best_of_n_session(args, model, tokenizer, device)
     else:
@@ -276,6 +289,13 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
 }
 
 
+def add_vir_argument(parser: argparse.ArgumentParser) -> None:
+    from .models.flash import VIR_MODES
+    parser.add_argument("--vir", choices=VIR_MODES, default="auto",
+                        help="InternVL3.5-Flash visual resolution router: auto (route tiles as the checkpoint's "
+                             "config says), off (every tile keeps all its tokens), always (compress every tile)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="internvl", description="Run, convert and inspect InternVL models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -327,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="weight-only int8 for the LLM's linear layers")
             p.add_argument("--no-thinking", action="store_true",
                            help="answer without the thinking system prompt (Intern-S1 thinks by default)")
+            add_vir_argument(p)
         elif name in ("train", "merge-lora"):
             from .train.args import MergeConfig, TrainConfig, add_arguments
             add_arguments(p, TrainConfig if name == "train" else MergeConfig)

@@ -397,6 +397,11 @@ class InternVLConfig:
     system_message: str | None = None  # overrides the template's system message (official config key)
     # V2PE (InternVL3 paper): each image token advances the RoPE position by this much instead of 1; None = off
     v2pe_stride: float | None = None
+    # InternVL3.5-Flash (ViR): with flash_mode set (True or False) the model has mlp2, pooling_before_gating
+    # and gating; True routes tiles by default. The thresholds come from the checkpoint's config.json.
+    flash_mode: bool | None = None
+    flash_relative_threshold: float | None = None  # quantile of the request's tiles' compress probability
+    flash_absolute_threshold: float | None = None  # compress probability a tile needs at least
 
     def __post_init__(self) -> None:
         if self.v2pe_stride is not None and not 0 < self.v2pe_stride <= 1:
@@ -416,6 +421,22 @@ class InternVLConfig:
         if not -self.vision.num_hidden_layers - 1 <= self.select_layer < self.vision.num_hidden_layers + 1:
             raise ConfigError(f"select_layer {self.select_layer} is outside the "
                               f"{self.vision.num_hidden_layers}-layer vision tower")
+        if self.has_vir:
+            self._check_vir()
+
+    def _check_vir(self) -> None:
+        grid, step = self.image_size // self.vision.patch_size, 2 * round(1 / self.downsample_ratio)
+        if grid % step:  # the 64-token branch pixel-shuffles by downsample_ratio**2 in one go
+            raise ConfigError(f"flash_mode needs a patch grid divisible by {step} (the compressed branch shuffles "
+                              f"by downsample_ratio^2 = {self.downsample_ratio ** 2:g}); this model's grid is "
+                              f"{grid}x{grid}")
+        if self.vision.hidden_size % 16:
+            raise ConfigError(f"flash_mode's pooling has 16 heads; vision hidden_size {self.vision.hidden_size} is "
+                              "not divisible by 16")
+        for name in ("flash_relative_threshold", "flash_absolute_threshold"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
 
     @property
     def image_size(self) -> int:
@@ -426,6 +447,16 @@ class InternVLConfig:
         """Tokens per tile: (image_size / patch_size)^2 * downsample_ratio^2 (256 for 448/14/0.5)."""
         return int((self.image_size // self.vision.patch_size) ** 2 * self.downsample_ratio ** 2)
 
+    @property
+    def has_vir(self) -> bool:
+        """Whether the model has the Flash modules (mlp2, pooling_before_gating, gating)."""
+        return self.flash_mode is not None
+
+    @property
+    def num_image_token_compressed(self) -> int:
+        """Tokens per tile the router's compressed branch gives: a quarter of `num_image_token` (64 of 256)."""
+        return self.num_image_token // 4
+
     def replace(self, **changes: Any) -> InternVLConfig:
         return dataclasses.replace(self, **changes)
 
@@ -433,15 +464,25 @@ class InternVLConfig:
     _OFFICIAL_TOP = ("template", "select_layer", "downsample_ratio", "ps_version", "force_image_size",
                      "dynamic_image_size", "use_thumbnail", "min_dynamic_patch", "max_dynamic_patch", "system_message",
                      "v2pe_stride")
+    _FLASH = ("flash_mode", "flash_relative_threshold", "flash_absolute_threshold")
 
     @classmethod
     def from_official(cls, d: dict) -> InternVLConfig:
         """Read an official `config.json` dict (`architectures: ["InternVLChatModel"]`)."""
         if "vision_config" not in d or "llm_config" not in d:
             raise ConfigError("not an official InternVL config: needs 'vision_config' and 'llm_config'")
-        known = set(cls._OFFICIAL_TOP) | {"vision_config", "llm_config", "image_token_id"} | OFFICIAL_IGNORED
+        known = set(cls._OFFICIAL_TOP) | set(cls._FLASH) | {"vision_config", "llm_config", "image_token_id"} \
+            | OFFICIAL_IGNORED
         _warn_unknown("config.json", d, known)
         kw = {k: d[k] for k in cls._OFFICIAL_TOP if k in d}
+        kw.update({k: d[k] for k in cls._FLASH if d.get(k) is not None})
+        if kw.get("flash_mode") is not None and not isinstance(kw["flash_mode"], bool):
+            raise ConfigError(f"flash_mode must be true or false, got {kw['flash_mode']!r}")
+        if kw.get("flash_mode"):  # the official code reads both thresholds whenever flash_mode is true
+            missing = [k for k in cls._FLASH[1:] if k not in kw]
+            if missing:
+                raise ConfigError(f"config.json sets flash_mode but not {' and '.join(missing)} (the router's "
+                                  "thresholds); add them, or set flash_mode to false")
         if kw.get("template") is None:
             kw.pop("template", None)
         if "ps_version" not in d:
@@ -462,6 +503,8 @@ class InternVLConfig:
         d["tie_word_embeddings"] = self.llm.tie_word_embeddings
         if self.image_token_id is not None:
             d["image_token_id"] = self.image_token_id
+        if self.has_vir:
+            d.update({k: getattr(self, k) for k in self._FLASH if getattr(self, k) is not None})
         return d
 
     # ---------------- -hf layout ----------------
@@ -504,6 +547,9 @@ class InternVLConfig:
             raise ConfigError("the -hf layout only has pixel shuffle v2; this model uses ps_version 'v1'")
         if self.llm.architecture not in HF_MODEL_TYPES:
             raise ConfigError(f"transformers has no native {self.llm.architecture}; the -hf layout cannot hold it")
+        if self.has_vir:
+            raise ConfigError("transformers has no native InternVL3.5-Flash (mlp2 and the visual resolution router); "
+                              "the -hf layout cannot hold it: keep the official layout")
         return {
             "architectures": ["InternVLForConditionalGeneration"], "model_type": "internvl",
             "vision_config": self.vision.to_hf(), "text_config": self.llm.to_dict(hf=True),

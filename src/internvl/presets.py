@@ -104,6 +104,13 @@ def _intern_s1(vision: VisionConfig, llm: LLMConfig, params: int, published: str
                   params=params, published=published)
 
 
+def _flash(base: Preset, params: int) -> Preset:
+    """An InternVL3.5-Flash release: its base model plus mlp2 and the visual resolution router. The router's
+    thresholds are not recorded: no released config.json was available to read them from (a checkpoint
+    supplies its own)."""
+    return Preset(base.config.replace(flash_mode=True), params=params)
+
+
 def _v3(llm: LLMConfig) -> LLMConfig:
     """InternVL3 keeps Qwen2.5 but trains with dynamic-NTK RoPE (factor 2) and ends text at <|endoftext|>."""
     return dataclasses.replace(llm, rope_scaling=_ntk(2.0), eos_token_id=151643)
@@ -175,6 +182,13 @@ PRESETS: dict[str, Preset] = {
     "Intern-S1": _intern_s1(VIT_6B, dataclasses.replace(QWEN3_235B_A22B, vocab_size=153216), 240_709_856_128, "241B"),
     "Intern-S1-mini": _intern_s1(VIT_300M, dataclasses.replace(QWEN3_8B, vocab_size=153216), 8_538_804_224, "8.5B"),
 }
+
+
+# InternVL3.5-Flash: the same models plus mlp2 (the 64-token branch) and the router (ViR); exact counts
+_FLASH_PARAMS = {"1B": 1_151_171_586, "2B": 2_491_055_106, "4B": 4_906_132_482, "8B": 8_813_642_754,
+                 "14B": 15_495_030_786, "38B": 39_563_810_306, "30B-A3B": 30_991_437_826}
+PRESETS.update({f"InternVL3_5-{size}-Flash": _flash(PRESETS[f"InternVL3_5-{size}"], n)
+                for size, n in _FLASH_PARAMS.items()})
 
 
 def get_preset(name: str) -> Preset:

@@ -136,6 +136,8 @@ def official_rules(cfg: InternVLConfig, mxfp4: bool = False) -> list[Rule]:
     """Our names <-> the official `InternVLChatModel` checkpoint."""
     rules = [_one(f"mlp1.{i}.{t}", f"mlp1.{i}.{t}") for i in ("0", "1", "3") for t in ("weight", "bias")]
     rules.append(_one("vision_model.{rest}", "vision_model.{rest}"))
+    # InternVL3.5-Flash: the compressed branch and the router keep their official names
+    rules += [_one(f"{part}.{{rest}}", f"{part}.{{rest}}") for part in ("mlp2", "pooling_before_gating", "gating")]
     return _llm_rules(cfg, "language_model.", mxfp4) + rules
 
 

@@ -215,7 +215,9 @@ def resolve_tie(cfg: InternVLConfig, directory: str | os.PathLike, layout: str) 
 
 def load_weights(model: InternVL, directory: str | os.PathLike, layout: str,
                  dtype: torch.dtype | None = None) -> None:
-    """Fill a (meta-device) model from a checkpoint directory, strictly.
+    """Fill a (meta-device) model from a checkpoint directory, strictly. A model whose top-level parts were
+    dropped (set to None, see `load_model`'s `parts`) reads only the tensors of the parts it has; the file
+    must still hold exactly the whole model's tensors.
 
     GPT-OSS experts stored as MXFP4 (`*_blocks` + `*_scales`) are dequantized here, to bf16 unless `dtype`.
     """
@@ -224,10 +226,13 @@ def load_weights(model: InternVL, directory: str | os.PathLike, layout: str,
     actual = _checkpoint_keys(reader, layout)
     expected = model.state_dict()
     mxfp4 = any(k.endswith("mlp.experts.gate_up_proj_blocks") for k in actual)
-    steps = keymaps.plan(_rules(cfg, layout, mxfp4), list(expected))
+    whole = expected if all(getattr(model, p) is not None for p in model_parts(cfg)) else build_model(cfg).state_dict()
+    every_step = keymaps.plan(_rules(cfg, layout, mxfp4), list(whole))
+    steps = [s for s in every_step if all(k in expected for k in s.internal)]
     needed = {k for s in steps for k in s.external}
     missing = sorted(needed - actual.keys())
-    unexpected = sorted(k for k in actual.keys() - needed if not keymaps.DROPPABLE.search(k)
+    unexpected = sorted(k for k in actual.keys() - {k for s in every_step for k in s.external}
+                        if not keymaps.DROPPABLE.search(k)
                         and not (cfg.llm.tie_word_embeddings and k.endswith("lm_head.weight")))
     if missing or unexpected:
         raise CheckpointError(f"{directory}: checkpoint does not match the {cfg.llm.architecture} model built from "
@@ -246,7 +251,18 @@ def load_weights(model: InternVL, directory: str | os.PathLike, layout: str,
                                       f"{tuple(t.shape)}, the config implies {want}")
             state[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
     model.load_state_dict(state, strict=True, assign=True)
-    model.language_model.rotary.reset_buffers()
+    if model.language_model is not None:
+        model.language_model.rotary.reset_buffers()
+
+
+def model_parts(cfg: InternVLConfig) -> tuple[str, ...]:
+    """The top-level modules of a model built from `cfg` (the Flash modules only where the config has them)."""
+    flash = ("mlp2", "pooling_before_gating", "gating") if cfg.has_vir else ()
+    return ("vision_model", "mlp1", *flash, "language_model")
+
+
+VISION_PARTS = ("vision_model", "mlp1", "mlp2", "pooling_before_gating", "gating")  # what a vision server runs
+LANGUAGE_PARTS = ("language_model",)  # what a language server runs
 
 
 def _short(keys: list[str], n: int = 8) -> str:
@@ -263,12 +279,20 @@ def build_model(cfg: InternVLConfig, cls: type[InternVL] = InternVL) -> InternVL
 
 
 def load_model(path_or_repo: str | os.PathLike, dtype: torch.dtype | None = None,
-               device: str | torch.device = "cpu", cls: type[InternVL] = InternVL) -> tuple[InternVL, Path, str]:
-    """Load a checkpoint of either layout -> (model in eval mode, resolved directory, layout)."""
+               device: str | torch.device = "cpu", cls: type[InternVL] = InternVL,
+               parts: tuple[str, ...] | None = None) -> tuple[InternVL, Path, str]:
+    """Load a checkpoint of either layout -> (model in eval mode, resolved directory, layout).
+
+    `parts` keeps only those top-level modules (e.g. `VISION_PARTS` for a vision server): the others are
+    never read and are None on the returned model."""
     directory = resolve_path(path_or_repo)
     cfg, layout = read_config(directory)
     cfg = resolve_tie(cfg, directory, layout)
     model = build_model(cfg, cls)
+    if parts is not None:
+        for part in model_parts(cfg):
+            if part not in parts:
+                setattr(model, part, None)
     load_weights(model, directory, layout, dtype)
     return model.to(device).eval(), directory, layout
 

@@ -7,6 +7,11 @@ prefill token budget, so a burst of long (image) prompts delays running streams 
 not by all of them. Requests carry their own sampling parameters and stop rules; finished requests free
 their slot at once, so new ones join between decode steps.
 
+Images are encoded when their request is admitted. On an InternVL3.5-Flash model (`vir`), each request's
+tiles are routed on their own (the quantile threshold is per request, as in the official code) and the
+request's prompt drops the unused `<IMG_CONTEXT>` slots of its compressed tiles before it is prefilled, so
+requests with different routings share a batch like any prompts of different lengths.
+
 A failure is confined to the request that causes it: a row that cannot be sampled ends only its own request,
 and when a batched forward raises, its requests are retried one by one (the cache rolled back first), so
 only those that fail on their own end with `finish_reason == "error"`; the others go on.
@@ -21,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from ..errors import ContextTooLongError, GenerationError, ImageSizeError
+from ..models.flash import compress_prompt, resolve_vir
 from ..models.internvl import InternVL
 from ..runtime import matmul_mode
 from .kv_cache import KVCache
@@ -34,7 +40,7 @@ class Engine:
     """Generate from token ids (+ images) with any mix of requests; no tokenization inside except decoding."""
 
     def __init__(self, model: InternVL, decode=None, eos_token_ids: Iterable[int] = (), max_batch: int = 8,
-                 max_len: int | None = None, prefill_budget: int = 4096) -> None:
+                 max_len: int | None = None, prefill_budget: int = 4096, vir: str = "auto") -> None:
         """
         Args:
             model: an InternVL model in eval mode (any dtype/device).
@@ -44,7 +50,10 @@ class Engine:
             max_len: tokens per slot (prompt + output); defaults to the LLM's max_position_embeddings, capped at
                 32768. The cache grows to what live requests use, so a large limit costs no memory up front.
             prefill_budget: padded prompt tokens prefilled in one step (at least one request is always admitted).
+            vir: the Flash router: auto (the config's flash_mode decides), off (every tile keeps its tokens)
+                or always (every tile compressed; needs a Flash checkpoint).
         """
+        self.vir = resolve_vir(model.config, vir)  # "off" | "always" | "route"; a bad value fails here
         self.model = model
         self.decode = decode or (lambda ids: "")
         self.eos = set(eos_token_ids)
@@ -61,11 +70,16 @@ class Engine:
 
     # ---- requests ----
     def submit(self, prompt_ids: list[int], pixel_values: torch.Tensor | None = None,
-               params: SamplingParams | None = None) -> Sequence:
+               params: SamplingParams | None = None, image_features: torch.Tensor | None = None) -> Sequence:
+        """Queue a request. Its images come as tiles (`pixel_values`, encoded and routed here) or already as
+        the tokens to place (`image_features` (M, D), e.g. from a vision server; then `prompt_ids` must hold
+        exactly M `<IMG_CONTEXT>` slots, compressed tiles' slots already dropped)."""
         params = params or SamplingParams()
         if pixel_values is not None:
             self._check_tiles(pixel_values)
-        seq = Sequence(list(prompt_ids), params, pixel_values)
+        if pixel_values is not None and image_features is not None:
+            raise ValueError("give a request's images as pixel_values or as image_features, not both")
+        seq = Sequence(list(prompt_ids), params, pixel_values, image_features)
         if len(seq.prompt_ids) + max(params.max_new_tokens, 1) > self.max_len:
             raise ContextTooLongError(f"prompt of {len(seq.prompt_ids)} tokens + max_new_tokens "
                                       f"{params.max_new_tokens} exceeds the context of {self.max_len} tokens")
@@ -160,10 +174,17 @@ class Engine:
             self._isolated(ready, lambda group: self._prefill_rows(group, embeds))
 
     def _embed(self, seq: Sequence) -> torch.Tensor:
-        """The prompt's input embeddings (T, D), its images encoded (once) and written over <IMG_CONTEXT>."""
-        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        """The prompt's input embeddings (T, D), its images encoded (once), routed and written over <IMG_CONTEXT>."""
         if seq.pixel_values is not None and seq.image_features is None:
-            seq.image_features = self.model.extract_feature(seq.pixel_values.to(self.device, self.dtype))
+            tiles = self.model.encode_tiles(seq.pixel_values.to(self.device, self.dtype), self.vir)
+            features = self.model.route_features(tiles, self.vir)
+            if features.compressed.any():
+                seq.prompt_ids = compress_prompt(seq.prompt_ids, features.compressed.tolist(),
+                                                 self.model.img_context_token_id, self.model.num_image_token)
+            seq.image_features, seq.compressed_tiles = features.tokens, int(features.compressed.sum())
+        if seq.image_features is not None:
+            seq.image_tokens = seq.image_features.numel() // seq.image_features.shape[-1]
+        ids = torch.tensor([seq.prompt_ids], device=self.device)
         embeds = self.model.embed(ids, image_features=seq.image_features)[0].to(self.dtype)
         seq.image_features = seq.pixel_values = None  # used once; free the memory
         return embeds

@@ -22,6 +22,8 @@ class Sequence:
     params: SamplingParams
     pixel_values: torch.Tensor | None = None  # (tiles, 3, S, S)
     image_features: torch.Tensor | None = None  # filled once, when the request is admitted
+    image_tokens: int = 0  # image tokens the LLM read (after the Flash router dropped compressed tiles' slots)
+    compressed_tiles: int = 0  # tiles the Flash router compressed
     id: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     text: str = ""  # final text so far (stop strings cut)

@@ -3,7 +3,8 @@
 Spec section 1. Submodule names equal the official checkpoint's top level (`vision_model`, `mlp1`,
 `language_model`). Image features replace, in order, the embeddings at `<IMG_CONTEXT>` positions; a count
 mismatch raises `ImageTokenMismatchError` with both numbers instead of silently truncating (the official
-training code truncates and zeroes the loss).
+training code truncates and zeroes the loss). A Flash config adds `mlp2`, `pooling_before_gating` and `gating`
+(`flash.py`); `encode_images` then routes each tile to its full or its compressed tokens.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from torch import nn
 from ..config import InternVLConfig
 from ..errors import ImageTokenMismatchError
 from .decoder import Decoder, KVCache, causal_mask
-from .projector import build_mlp1, project
+from .flash import CrossAttentionPooling, Gating, ImageFeatures, TileFeatures, build_mlp2, resolve_vir, select
+from .projector import build_mlp1, pixel_shuffle, project
 from .v2pe import v2pe_positions
 from .vision import InternViT
 
@@ -34,16 +36,23 @@ class InternVL(nn.Module):
         self.vision_model = InternViT(cfg.vision)
         self.mlp1 = build_mlp1(cfg.vision.hidden_size, cfg.llm.hidden_size, cfg.downsample_ratio)
         self.language_model = Decoder(cfg.llm)
+        if cfg.has_vir:
+            v = cfg.vision.hidden_size
+            self.mlp2 = build_mlp2(v, cfg.llm.hidden_size, cfg.downsample_ratio)
+            self.pooling_before_gating = CrossAttentionPooling(v)
+            self.gating = Gating(v)
         self.img_context_token_id: int | None = cfg.image_token_id
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02) -> None:
         """Fresh weights for training from scratch: N(0, std) matrices, zero biases, unit norms, layer scale
         at its configured init (the official models' scheme; PyTorch's defaults suit none of these layers)."""
+        layer_norms = {f"{m}.{n}" for m, mod in self.named_modules() if isinstance(mod, nn.LayerNorm)
+                       for n, _ in mod.named_parameters(recurse=False)}
         for name, p in self.named_parameters():
             if name.endswith((".ls1", ".ls2")):
                 p.fill_(self.config.vision.initializer_factor)
-            elif p.ndim == 1 and ("norm" in name or name.startswith("mlp1.0")):
+            elif p.ndim == 1 and ("norm" in name or name.startswith("mlp1.0") or name in layer_norms):
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
             elif name.endswith("bias"):
                 p.zero_()
@@ -60,9 +69,42 @@ class InternVL(nn.Module):
         vit = self.vision_model(pixel_values.to(dtype), self.config.select_layer)
         return project(vit[:, 1:], self.mlp1, self.config.downsample_ratio, self.config.ps_version)
 
+    def encode_tiles(self, pixel_values: torch.Tensor, mode: str = "off") -> TileFeatures:
+        """Tiles (N, 3, S, S) -> what routing mode `mode` ("off", "always", "route"; see `flash.resolve_vir`)
+        needs: the full tokens, the compressed tokens, the router's probabilities. Like the official Flash
+        code, the compressed branch and the router read the ViT's last layer."""
+        if mode == "off":
+            return TileFeatures(self.extract_feature(pixel_values), None, None)
+        cfg = self.config
+        vit = self.vision_model(pixel_values.to(self.mlp1[1].weight.dtype))[:, 1:]
+        n, t, c = vit.shape
+        side = int(t ** 0.5)
+        grid = vit.reshape(n, side, side, c)
+        small = pixel_shuffle(grid, cfg.downsample_ratio ** 2, cfg.ps_version)
+        small = self.mlp2(small.reshape(n, -1, small.shape[-1]))
+        if mode == "always":
+            return TileFeatures(None, small, None)
+        full = pixel_shuffle(grid, cfg.downsample_ratio, cfg.ps_version)
+        full = self.mlp1(full.reshape(n, -1, full.shape[-1]))
+        probs = torch.softmax(self.gating(self.pooling_before_gating(vit)), dim=-1)
+        return TileFeatures(full, small, probs)
+
+    def route_features(self, features: TileFeatures, mode: str) -> ImageFeatures:
+        """One request's encoded tiles -> its image tokens, each tile routed (thresholds from the config)."""
+        cfg = self.config
+        return select(features, mode, cfg.flash_relative_threshold, cfg.flash_absolute_threshold)
+
+    def encode_images(self, pixel_values: torch.Tensor, vir: str = "auto") -> ImageFeatures:
+        """One request's tiles (N, 3, S, S) -> its image tokens as the LLM reads them; `vir` is auto (the
+        config's flash_mode decides), off (every tile whole) or always (every tile compressed)."""
+        mode = resolve_vir(self.config, vir)
+        return self.route_features(self.encode_tiles(pixel_values, mode), mode)
+
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
               image_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings (B, T, D) with image tokens written over the `<IMG_CONTEXT>` positions."""
+        """Token embeddings (B, T, D) with image tokens written over the `<IMG_CONTEXT>` positions.
+
+        `image_features` is (tiles, tokens per tile, D), or (M, D) when tiles differ in length (Flash)."""
         embeds = self.language_model.embed_tokens(input_ids)
         if image_features is None and pixel_values is not None:
             image_features = self.extract_feature(pixel_values)
@@ -73,15 +115,15 @@ class InternVL(nn.Module):
                                           "(load through internvl.from_pretrained or set it from the tokenizer)")
         slots = input_ids == self.img_context_token_id
         n_slots = int(slots.sum())
-        n_feats = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+        flat = None if image_features is None else image_features.reshape(-1, embeds.shape[-1])
+        n_feats = 0 if flat is None else flat.shape[0]
         if n_slots != n_feats:
             per = self.num_image_token
             raise ImageTokenMismatchError(
                 f"the prompt has {n_slots} <IMG_CONTEXT> tokens ({n_slots / per:g} tiles of {per}) but "
-                f"{n_feats} image features were given ({n_feats // per} tiles)")
+                f"{n_feats} image features were given ({n_feats / per:g} tiles)")
         if n_feats:
-            flat = image_features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
-            embeds = embeds.masked_scatter(slots[..., None], flat)
+            embeds = embeds.masked_scatter(slots[..., None], flat.to(embeds.dtype))
         return embeds
 
     def rope_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
