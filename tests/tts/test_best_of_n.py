@@ -203,16 +203,19 @@ def test_cli_chat_and_eval_best_of(checkpoint, tmp_path, capsys):
 
 def test_cli_best_of_errors_are_one_line(checkpoint, tmp_path, capsys):
     base = ["chat", "--model", str(checkpoint), "--image", IMAGE, "--dtype", "fp32"]
-    assert main(base + ["--best-of", "0", "Q?"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --best-of must be >= 1, got 0"
+    with pytest.raises(SystemExit) as stop:  # argparse's own one-line usage error
+        main(base + ["--best-of", "0", "Q?"])
+    assert stop.value.code == 2
+    assert "argument --best-of: must be >= 1, got 0" in capsys.readouterr().err
     assert main(base + ["--best-of", "2", "--prm", str(tmp_path / "missing"), "Q?"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "missing" in err and "\n" not in err
     assert main(["chat", "--model", str(checkpoint), "--best-of", "2", "--strategy", "majority",
                  "--video", IMAGE, "Q?"]) == 2
     assert "video" in capsys.readouterr().err
-    assert main(["eval", "shapes", "--model", str(checkpoint), "--best-of", "0", "--n", "1"]) == 2
-    assert "--best-of: must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "shapes", "--model", str(checkpoint), "--best-of", "0", "--n", "1"])
+    assert stop.value.code == 2 and "argument --best-of: must be >= 1" in capsys.readouterr().err
 
 
 def test_a_missing_default_prm_says_how_to_get_one(tmp_path, monkeypatch):

@@ -38,6 +38,7 @@ from ..processing.grounding import Region, parse_regions
 from ..processing.image import open_image, to_pixel_values
 from ..processing.tiling import dynamic_preprocess, target_grid
 from .data import DataConfig, SFTDataset
+from .objective import StatelessObjective
 
 POSITIVE_WEIGHT = 4.0
 NONE, IGNORED = -1, -2  # target values besides phrase indices
@@ -180,8 +181,8 @@ def region_loss(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tenso
     return (ce * weight.reshape(-1)).sum() / weight_total
 
 
-class RegionTextObjective:
-    """The trainer's objective for stage 0 (see `trainer.Objective`)."""
+class RegionTextObjective(StatelessObjective):
+    """The trainer's objective for stage 0 (see `objective.Objective`)."""
 
     def weight(self, batch: RegionBatch) -> torch.Tensor:
         return batch.token_weight.sum()

@@ -18,7 +18,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import torch.utils.checkpoint  # noqa: F401  (the decoder and ViT call torch.utils.checkpoint.checkpoint)
@@ -35,6 +34,7 @@ from .data import DataConfig, SFTDataset
 from .lora import apply_lora, load_trained_tensors, lora_specs, merged_state_dict, read_adapter
 from .loss import sft_loss
 from .metrics import MetricsLog, draw_from_metrics
+from .objective import Objective, StatelessObjective
 from .optim import (Freezing, apply_freezing, build_optimizer, cosine_schedule, set_frozen_parts_eval,
                     trainable_summary, unfreeze_last_vit_layers)
 from .packing import Batch, PackedCollator
@@ -83,42 +83,8 @@ def attention_layout(seq_ids: torch.Tensor) -> Segments | None:
     return None if int(seq_ids.max()) <= 0 else Segments(seq_ids)
 
 
-class Objective(Protocol):
-    """What a step minimises. The step's loss is the sum of `__call__` over its micro-batches (and ranks),
-    where `weight_total` (on the training device) is the sum of `weight` over the same micro-batches (and ranks).
-    Both receive the batch as the DataLoader made it, on the CPU.
-
-    Besides the loss, an objective may log more: `step_statistics` hands over sums it gathered during the step
-    (the trainer adds them up over ranks, in the same reduction as its own counts), `metrics` turns the global
-    sums into the step's metric values. `state_dict` is saved in every checkpoint and given back on resume."""
-
-    def weight(self, batch: Batch) -> torch.Tensor: ...
-
-    def __call__(self, model: nn.Module, batch: Batch, weight_total: torch.Tensor) -> torch.Tensor: ...
-
-    def step_statistics(self) -> dict[str, torch.Tensor]: ...
-
-    def metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-class SFTObjective:
+class SFTObjective(StatelessObjective):
     """Weighted next-token cross-entropy (`loss.sft_loss`), normalised over the global batch."""
-
-    def step_statistics(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     def weight(self, batch: Batch) -> torch.Tensor:
         return batch.loss_weight[:, 1:].sum()  # the weights of the shifted targets
