@@ -12,6 +12,7 @@ import torch
 from synthetic import make_dataset
 
 from internvl.chat import from_pretrained
+from internvl.cli import main
 from internvl.checkpoint.loader import load_model, save_checkpoint
 from internvl.errors import ConfigError
 from internvl.models.flash import choose, compress_prompt, keep_mask
@@ -228,7 +229,7 @@ def test_stopped_and_resumed_vico_run_repeats_the_losses_exactly(stage, tmp_path
                           **{k: v for k, v in kw.items() if k not in ("vico", "max_steps")}))
 
 
-def test_vico_flag_errors(tmp_path, meta, base):
+def test_vico_flag_errors(tmp_path, meta, base, capsys):
     kw = dict(model="x", meta_path=str(meta), output_dir=str(tmp_path / "o"))
     with pytest.raises(ConfigError, match="--vico-reference"):
         TrainConfig(vico="router", **kw)
@@ -256,3 +257,10 @@ def test_vico_flag_errors(tmp_path, meta, base):
     with pytest.raises(ConfigError, match="preset"):
         train(TrainConfig(model="tiny-random", tokenizer="byte", meta_path=str(meta), vico="consistency",
                           output_dir=str(tmp_path / "p"), max_steps=1, progress=False))
+    # the CLI: exit 2 and one line naming the problem, no traceback
+    for flags, said in ((["--vico", "router"], "--vico-reference"),
+                        (["--vico", "consistency", "--vico-compress-prob", "2"], "--vico-compress-prob")):
+        assert main(["train", "--model", str(base), "--meta-path", str(meta), "--output-dir", str(tmp_path / "c"),
+                     "--no-progress", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert said in err and len(err.splitlines()) == 1 and "Traceback" not in err
