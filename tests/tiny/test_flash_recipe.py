@@ -33,7 +33,7 @@ def test_plan_is_cli_commands_that_parse_and_resume(tmp_path):
     for name, vir, model in (("eval-base", "off", "M"), ("eval-auto", "auto", "router/checkpoint-4"),
                              ("eval-off", "off", "router/checkpoint-4")):
         args = _parse(cmds[name])
-        assert args.vir == vir and args.n == 20 and args.model.endswith(model)
+        assert args.vir == vir and args.n == 20 and args.model.endswith(model) and not args.blind
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "shapes_train_meta.json").write_text("{}")

@@ -220,7 +220,7 @@ def test_stopped_and_resumed_vico_run_repeats_the_losses_exactly(stage, tmp_path
         assert 0 < len(state["objective"]["history"]) <= 6
     second = train(TrainConfig(output_dir=str(tmp_path / "split"), resume=True, **kw))
     assert second["start_step"] == 1
-    whole, split = read_metrics(tmp_path / "whole" / "metrics.jsonl"), read_metrics(tmp_path / "split" / "metrics.jsonl")
+    whole, split = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("whole", "split"))
     keys = ["loss", "compressed_fraction"] if stage == "consistency" else ["loss", "router_tau", "router_accuracy"]
     assert [[r[k] for k in keys] for r in split] == [[r[k] for k in keys] for r in whole]
     assert len(whole) == 3 and len({r["loss"] for r in whole}) == 3  # anti-vacuity: the losses move

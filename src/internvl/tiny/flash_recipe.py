@@ -65,7 +65,7 @@ def plan(model: str, work: Path, data_n: int, eval_n: int, consistency_steps: in
 
     def evaluate(name: str, checkpoint: str, vir: str) -> tuple[str, list[str], bool]:
         return (name, _cli("eval", "shapes", "--model", checkpoint, "--n", str(eval_n), "--vir", vir, "--out",
-                           str(work / name), "--no-progress"), (work / name / "summary.json").exists())
+                           str(work / name), "--no-blind", "--no-progress"), (work / name / "summary.json").exists())
 
     return [
         ("data", [sys.executable, "-m", "internvl.tiny.dataset", "--out", str(data), "--n", str(data_n)],
