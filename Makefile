@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench tiny tiny-mpo tiny-prm eval-tiny lint clean
+.PHONY: demo test setup bench tiny tiny-mpo tiny-prm tiny-flash eval-tiny lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,16 @@ POLICY ?= src/internvl/tiny/model
 PRM_ARGS ?=
 tiny-prm: $(STAMP)
 	$(BIN)/python -m internvl.tiny.prm_recipe --policy $(POLICY) --work scratch/tiny-prm $(PRM_ARGS)
+
+# a tiny InternVL3.5-Flash by ViCO (consistency, then router) and its report (scratch/tiny-flash/report.md):
+# visual tokens, accuracy and time per question with --vir auto / off against the starting model.
+# TINY_FLASH_MODEL=DIR runs it on another checkpoint (then also TINY_FLASH_WORK=another/dir);
+# TINY_FLASH_ARGS="--consistency-steps 2 --router-steps 2 --data-n 64 --eval-n 20" is a smoke run
+TINY_FLASH_MODEL ?= src/internvl/tiny/model
+TINY_FLASH_WORK ?= scratch/tiny-flash
+TINY_FLASH_ARGS ?=
+tiny-flash: $(STAMP)
+	$(BIN)/python -m internvl.tiny.flash_recipe --model $(TINY_FLASH_MODEL) --work $(TINY_FLASH_WORK) $(TINY_FLASH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info

@@ -182,7 +182,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"wrote candidates.jsonl, summary.json and best_of_n.png to {summary['out']}")
         return
     print(f"{summary['task']}: {summary['n']} held-out samples, model {summary['model']} ({summary['dtype']} on "
-          f"{summary['device']}), {summary['seconds']:.1f}s")
+          f"{summary['device']}), {summary['seconds']:.1f}s, {summary['visual_tokens_per_question']:.1f} visual "
+          f"tokens per question" + (f" ({summary['compressed_tiles']} of {summary['tiles']} tiles compressed)"
+                                    if summary["compressed_tiles"] else ""))
     print(format_table(summary))
     print(f"wrote predictions.jsonl, summary.json and accuracy.png to {summary['out']}")
 

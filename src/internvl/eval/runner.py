@@ -58,6 +58,7 @@ class EvalConfig:
     strategy: str = "prm"  # the Best-of-N strategy reported as the accuracy
     prm: str = DEFAULT_PRM  # the process reward model of --best-of
     step_by_step: bool = False  # ask for step-wise answers (the task's step prompt)
+    vir: str = "auto"  # InternVL3.5-Flash router: auto, off, always
 
 
 def add_arguments(parser: argparse.ArgumentParser, task: bool = True) -> None:
@@ -94,6 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser, task: bool = True) -> None:
     parser.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar on stderr")
+    from ..cli import add_vir_argument
+    add_vir_argument(parser)
 
 
 def from_args(args: argparse.Namespace) -> EvalConfig:
@@ -154,8 +157,12 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def generate_answers(model: InternVL, tokenizer: Tokenizer, task: Task, samples: Sequence[Sample],
                      batch_size: int = 16, max_tiles: int | None = None, max_new_tokens: int = 8,
-                     blind: bool = False, progress: bool = False) -> list[str]:
+                     blind: bool = False, progress: bool = False, vir: str = "auto",
+                     stats: dict | None = None) -> list[str]:
     """Greedy answers to every sample, in order, through one engine.
+
+    `stats`, when given, receives the run's totals: `tiles`, `compressed_tiles` (the Flash router's) and
+    `image_tokens` (what the LLM read).
 
     Raises:
         GenerationError: a sample failed in the engine (an evaluation never scores a failure as an answer).
@@ -163,7 +170,8 @@ def generate_answers(model: InternVL, tokenizer: Tokenizer, task: Task, samples:
     if model.img_context_token_id is None:
         model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
     engine = Engine(model, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                    eos_token_ids=_stop_ids(model, tokenizer), max_batch=batch_size)
+                    eos_token_ids=_stop_ids(model, tokenizer), max_batch=batch_size, vir=vir)
+    totals = {"tiles": 0, "compressed_tiles": 0, "image_tokens": 0}
     params = SamplingParams(max_new_tokens=max_new_tokens)
     requests = enumerate(_requests(model, tokenizer, task, samples, max_tiles, blind))
     answers: list[str | None] = [None] * len(samples)
@@ -178,6 +186,7 @@ def generate_answers(model: InternVL, tokenizer: Tokenizer, task: Task, samples:
                 else:
                     i, (ids, pixel_values) = item
                     active.append((i, engine.submit(ids, pixel_values, params)))
+                    totals["tiles"] += 0 if pixel_values is None else pixel_values.shape[0]
             if not engine.has_work():
                 break
             engine.step()
@@ -186,8 +195,12 @@ def generate_answers(model: InternVL, tokenizer: Tokenizer, task: Task, samples:
                 if seq.error is not None:
                     raise GenerationError(f"sample {i} failed in the engine: {seq.error}")
                 answers[i] = seq.text.strip()
+                totals["compressed_tiles"] += seq.compressed_tiles
+                totals["image_tokens"] += seq.image_tokens
             active = [a for a in active if not a[1].finished]
             bar.update(len(done))
+    if stats is not None:
+        stats.update(totals)
     return [a or "" for a in answers]
 
 
@@ -216,9 +229,10 @@ def evaluate(cfg: EvalConfig, model: InternVL | None = None, tokenizer: Tokenize
         return evaluate_best_of_n(cfg, model, tokenizer)
     samples = list(task.examples(cfg.n, cfg.seed))
     kw = dict(batch_size=cfg.batch_size, max_tiles=cfg.max_tiles, max_new_tokens=cfg.max_new_tokens or 8,
-              progress=cfg.progress)
+              progress=cfg.progress, vir=cfg.vir)
     start = time.perf_counter()
-    answers = generate_answers(model, tokenizer, task, samples, **kw)
+    stats: dict = {}
+    answers = generate_answers(model, tokenizer, task, samples, stats=stats, **kw)
     seconds = time.perf_counter() - start
     scores = [task.score(a, s) for a, s in zip(answers, samples)]
     # bf16 and fp32 greedy answers differ on a few questions, and `--dtype auto` means bf16 only on CPUs with
@@ -227,7 +241,10 @@ def evaluate(cfg: EvalConfig, model: InternVL | None = None, tokenizer: Tokenize
     summary = {"task": task.name, "model": cfg.model, "n": len(samples), "seed": cfg.seed,
                "dtype": str(param.dtype).removeprefix("torch."), "device": str(param.device),
                "threads": torch.get_num_threads(),
-               **summarize(samples, scores), "seconds": round(seconds, 2), "config": asdict(cfg)}
+               **summarize(samples, scores), "seconds": round(seconds, 2),
+               "seconds_per_question": round(seconds / max(len(samples), 1), 4), "vir": cfg.vir,
+               "visual_tokens_per_question": stats["image_tokens"] / max(len(samples), 1),
+               "tiles": stats["tiles"], "compressed_tiles": stats["compressed_tiles"], "config": asdict(cfg)}
     records = [{"id": s.id, "category": s.category, "question": s.question, "answer": s.answer,
                 "prediction": a, "score": sc} for s, a, sc in zip(samples, answers, scores)]
     if cfg.blind:

@@ -161,23 +161,28 @@ def compress_prompt(ids: Sequence[int], compressed: Sequence[bool], image_token_
         ImageTokenMismatchError: A run of image tokens is not a whole number of tiles, or the prompt holds a
             different number of tiles than `compressed` has decisions.
     """
+    return [tok for tok, keep in zip(ids, keep_mask(ids, compressed, image_token_id, per_tile)) if keep]
+
+
+def keep_mask(ids: Sequence[int], compressed: Sequence[bool], image_token_id: int, per_tile: int) -> list[bool]:
+    """Which positions of `ids` `compress_prompt` keeps (same rules, same errors)."""
     flags = [bool(c) for c in compressed]
     keep_small = per_tile // 4
-    out: list[int] = []
+    out: list[bool] = []
     slot = run = 0
     for i, tok in enumerate(ids):
+        keep = True
         if tok == image_token_id:
             run += 1
             tile, offset = divmod(slot, per_tile)
             slot += 1
-            if tile < len(flags) and flags[tile] and offset >= keep_small:
-                continue
+            keep = not (tile < len(flags) and flags[tile] and offset >= keep_small)
         else:
             if run % per_tile:
                 raise ImageTokenMismatchError(f"a run of {run} image tokens ending at position {i} is not a whole "
                                               f"number of {per_tile}-token tiles")
             run = 0
-        out.append(tok)
+        out.append(keep)
     if run % per_tile:
         raise ImageTokenMismatchError(f"a run of {run} image tokens at the prompt's end is not a whole number of "
                                       f"{per_tile}-token tiles")

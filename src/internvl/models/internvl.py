@@ -44,12 +44,15 @@ class InternVL(nn.Module):
         self.img_context_token_id: int | None = cfg.image_token_id
 
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02) -> None:
+    def init_weights(self, std: float = 0.02, only: tuple[str, ...] | None = None) -> None:
         """Fresh weights for training from scratch: N(0, std) matrices, zero biases, unit norms, layer scale
-        at its configured init (the official models' scheme; PyTorch's defaults suit none of these layers)."""
+        at its configured init (the official models' scheme; PyTorch's defaults suit none of these layers).
+        `only`: initialise just the parameters whose names start with one of these prefixes."""
         layer_norms = {f"{m}.{n}" for m, mod in self.named_modules() if isinstance(mod, nn.LayerNorm)
                        for n, _ in mod.named_parameters(recurse=False)}
         for name, p in self.named_parameters():
+            if only is not None and not name.startswith(only):
+                continue
             if name.endswith((".ls1", ".ls2")):
                 p.fill_(self.config.vision.initializer_factor)
             elif p.ndim == 1 and ("norm" in name or name.startswith("mlp1.0") or name in layer_norms):
@@ -71,8 +74,9 @@ class InternVL(nn.Module):
 
     def encode_tiles(self, pixel_values: torch.Tensor, mode: str = "off") -> TileFeatures:
         """Tiles (N, 3, S, S) -> what routing mode `mode` ("off", "always", "route"; see `flash.resolve_vir`)
-        needs: the full tokens, the compressed tokens, the router's probabilities. Like the official Flash
-        code, the compressed branch and the router read the ViT's last layer."""
+        needs: the full tokens, the compressed tokens, the router's probabilities ("both": the two branches,
+        no router, for training). Like the official Flash code, the compressed branch and the router read the
+        ViT's last layer."""
         if mode == "off":
             return TileFeatures(self.extract_feature(pixel_values), None, None)
         cfg = self.config
@@ -86,6 +90,8 @@ class InternVL(nn.Module):
             return TileFeatures(None, small, None)
         full = pixel_shuffle(grid, cfg.downsample_ratio, cfg.ps_version)
         full = self.mlp1(full.reshape(n, -1, full.shape[-1]))
+        if mode == "both":
+            return TileFeatures(full, small, None)
         probs = torch.softmax(self.gating(self.pooling_before_gating(vit)), dim=-1)
         return TileFeatures(full, small, probs)
 

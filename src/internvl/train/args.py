@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ConfigError
 
 STAGES = ("0", "1", "1.5", "2")
+VICO_STAGES = ("consistency", "router")
 PARALLEL = ("fsdp", "ddp")
 REDUCTIONS = ("token", "sample", "square")
 METHODS = ("sft", "mpo")
@@ -56,6 +57,22 @@ class TrainConfig:
     backbone_lora_target_modules: list[str] | None = _opt(None, "ViT module names for LoRA (default: attn.qkv, "
                                                                 "attn.proj, mlp.fc1, mlp.fc2)", nargs="+")
     drop_path_rate: float | None = _opt(None, "ViT stochastic depth (default: the model config's)")
+    # ViCO: the InternVL3.5-Flash training stages (train/vico.py)
+    vico: str | None = _opt(None, "ViCO stage for InternVL3.5-Flash: consistency (KL to a frozen reference reading "
+                                  "full tiles, compression drawn per sample; a plain InternVL gains mlp2 and the "
+                                  "router) or router (only the router trains, on loss-ratio labels)",
+                            choices=VICO_STAGES)
+    vico_reference: str | None = _opt(None, "the frozen reference model of --vico (default: --model; the router "
+                                            "stage needs the model the consistency stage started from)",
+                                      metavar="DIR|REPO")
+    vico_compress_prob: float = _opt(0.5, "--vico consistency: probability that a sample's tiles are compressed")
+    router_percentile: float = _opt(50.0, "--vico router: a tile whose loss ratio is below this percentile of the "
+                                          "window is labelled compress")
+    router_window: int = _opt(2048, "--vico router: loss ratios of this many recent tiles set the percentile")
+    flash_relative_threshold: float | None = _opt(None, "--vico: the Flash config's relative routing threshold to "
+                                                        "write (default: the model's, else 0)")
+    flash_absolute_threshold: float | None = _opt(None, "--vico: the Flash config's absolute routing threshold to "
+                                                        "write (default: the model's, else 0.5)")
     # optimisation
     lr: float = _opt(2e-5, "peak learning rate (AdamW)", aliases=("--learning-rate",))
     weight_decay: float = _opt(0.05, "AdamW weight decay (not applied to biases, norms, layer scales, embeddings "
@@ -151,6 +168,8 @@ class TrainConfig:
         if self.stage == "0" and (self.use_llm_lora or self.use_backbone_lora):
             raise ConfigError("--stage 0 (vision pre-training) trains full weights: drop --use-llm-lora / "
                               "--use-backbone-lora")
+        if self.vico is not None:
+            self._check_vico()
         if self.loss_reduction not in REDUCTIONS:
             raise ConfigError(f"--loss-reduction must be one of {', '.join(REDUCTIONS)}, got {self.loss_reduction!r}")
         if self.v2pe_stride is not None and not 0 < self.v2pe_stride <= 1:
@@ -165,6 +184,32 @@ class TrainConfig:
         if self.method == "mpo":
             from .mpo_loss import MPOLossConfig
             MPOLossConfig.parse(self.loss_type, self.loss_weights, self.beta, self.rpo_alpha)  # fail before loading
+
+    def _check_vico(self) -> None:
+        if self.vico not in VICO_STAGES:
+            raise ConfigError(f"--vico must be one of {', '.join(VICO_STAGES)}, got {self.vico!r}")
+        if self.stage == "0" or self.use_llm_lora or self.use_backbone_lora:
+            raise ConfigError("--vico trains full weights of a stage-2 model: drop --stage 0 and LoRA")
+        if self.method != "sft":
+            raise ConfigError(f"--vico is its own objective on SFT data: drop --method {self.method}")
+        if self.v2pe_stride is not None:
+            raise ConfigError("--vico keeps positions dense after compression (as Flash inference does): drop "
+                              "--v2pe-stride")
+        if self.vico == "router" and self.unfreeze_vit_layers:
+            raise ConfigError("--vico router trains only the router: drop --unfreeze-vit-layers")
+        if self.vico == "router" and self.packed:
+            raise ConfigError("--vico router needs one sample per row: drop --packed")
+        if self.vico == "router" and not self.vico_reference:
+            raise ConfigError("--vico router needs --vico-reference: the model the consistency stage started from "
+                              "(the policy itself would give a zero loss to divide by)")
+        for name in ("vico_compress_prob", "flash_relative_threshold", "flash_absolute_threshold"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+        if not (math.isfinite(self.router_percentile) and 0 < self.router_percentile < 100):
+            raise ConfigError(f"--router-percentile must be in (0, 100), got {self.router_percentile}")
+        if self.router_window < 1:
+            raise ConfigError(f"--router-window must be >= 1, got {self.router_window}")
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 STAGE_FREEZING = {"0": (False, False, True), "1": (True, False, True), "1.5": (False, False, True),
                   "2": (False, False, False)}
 PARTS = ("vision_model", "mlp1", "language_model")
+FLASH_PARTS = ("mlp2", "pooling_before_gating", "gating")  # InternVL3.5-Flash only (ViCO trains them)
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,11 @@ def unfreeze_last_vit_layers(model: nn.Module, n: int) -> None:
 
 
 def set_frozen_parts_eval(model: nn.Module) -> None:
-    """Put fully frozen parts in eval mode (no drop path in a frozen ViT), as the official script does."""
-    for part in PARTS:
-        module = getattr(model, part)
-        if not any(p.requires_grad for p in module.parameters()):
+    """Put fully frozen parts in eval mode (no drop path in a frozen ViT, no dropout in a frozen Flash
+    branch or router), as the official script does."""
+    for part in PARTS + FLASH_PARTS:
+        module = getattr(model, part, None)
+        if module is not None and not any(p.requires_grad for p in module.parameters()):
             module.eval()
 
 

@@ -23,9 +23,10 @@ import torch
 import torch.utils.checkpoint  # noqa: F401  (the decoder and ViT call torch.utils.checkpoint.checkpoint)
 from torch import nn
 
-from ..checkpoint.loader import OFFICIAL, load_weights
+from ..checkpoint.loader import OFFICIAL, load_model, load_weights
 from ..errors import ConfigError
 from ..models.internvl import InternVL
+from ..models.flash import choose
 from ..models.layers import Segments
 from ..processing.tokenizer import Tokenizer
 from . import distributed as D
@@ -41,6 +42,7 @@ from .packing import Batch, PackedCollator
 from .region_align import RegionCollator, RegionDataset, RegionTextObjective, phrase_embeddings, unfreeze_text_encoder
 from .state import (ADAPTER, capture_rng, clean_staging, find_latest, load_start_model, read_trainer_state,
                     restore_rng, save_training_checkpoint)
+from .vico import ConsistencyObjective, RouterObjective, add_flash_modules, freeze_for
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +56,30 @@ class SFTInternVL(InternVL):
     def forward(self, input_ids: torch.Tensor | None, position_ids: torch.Tensor | None,
                 mask: torch.Tensor | Segments | None, pixel_values: torch.Tensor | None = None,
                 tile_index: torch.Tensor | None = None,
-                phrases: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | tuple:
+                phrases: tuple[torch.Tensor, torch.Tensor] | None = None, compress: torch.Tensor | None = None,
+                router: bool = False) -> torch.Tensor | tuple:
         """(B, T) ids and positions, attention layout (`attention_layout`) [+ tiles] -> logits (B, T, vocab).
 
         `tile_index` (MPO): the tiles are encoded once and their features placed in this order, so a tile that
         several sequences show goes through the ViT once. Stage 0 passes `phrases` (ids, mask) and no text:
-        -> (image tokens, phrase embeddings), no decoder."""
+        -> (image tokens, phrase embeddings), no decoder. ViCO (Flash): `compress` (tiles,) bool gives those
+        tiles the compressed branch's tokens (the prompt has their slots dropped already); `router=True` with
+        tiles only -> the router's logits (tiles, 2)."""
         if phrases is not None:
             return self.extract_feature(pixel_values), phrase_embeddings(self.language_model.embed_tokens, *phrases)
-        features = None
-        if tile_index is not None and pixel_values is not None:
-            features = self.extract_feature(pixel_values)[tile_index]
-        embeds = self.embed(input_ids, pixel_values=pixel_values if features is None else None,
-                            image_features=features)
+        if router:
+            with torch.no_grad():  # the router reads the frozen ViT's last layer
+                vit = self.vision_model(pixel_values.to(self.mlp1[1].weight.dtype))[:, 1:]
+            return self.gating(self.pooling_before_gating(vit))
+        if compress is not None:
+            tiles = self.encode_tiles(pixel_values, "both")
+            embeds = self.embed(input_ids, image_features=choose(tiles.full, tiles.small, compress.tolist()))
+        else:
+            features = None
+            if tile_index is not None and pixel_values is not None:
+                features = self.extract_feature(pixel_values)[tile_index]
+            embeds = self.embed(input_ids, pixel_values=pixel_values if features is None else None,
+                                image_features=features)
         if pixel_values is None and self.run_vision_always:
             # every rank must run the ViT each micro-batch (its FSDP all-gathers and DDP gradient reductions are
             # collective), so a text-only batch runs one blank tile at zero weight, like the official trainer
@@ -171,9 +184,24 @@ def prepare_model(cfg: TrainConfig, resume_from: Path | None) -> tuple[SFTIntern
     model, tokenizer, source = load_start_model(cfg.model, cfg.tokenizer, cfg.seed, cls=SFTInternVL)
     specs = lora_specs(cfg.use_llm_lora, cfg.use_backbone_lora, cfg.lora_alpha, cfg.lora_dropout,
                        cfg.lora_target_modules, cfg.backbone_lora_target_modules)
+    if cfg.vico is not None:
+        relative = cfg.flash_relative_threshold
+        absolute = cfg.flash_absolute_threshold
+        if cfg.vico == "router" and not model.config.has_vir:
+            raise ConfigError(f"--vico router trains the router of a Flash model: {cfg.model} has no mlp2; run "
+                              "--vico consistency on it first")
+        if not model.config.has_vir:  # a plain InternVL becomes a Flash one: fresh mlp2 and router
+            add_flash_modules(model, 0.0 if relative is None else relative, 0.5 if absolute is None else absolute)
+        elif relative is not None or absolute is not None:
+            model.config = model.config.replace(
+                flash_mode=True, flash_relative_threshold=relative if relative is not None else
+                model.config.flash_relative_threshold, flash_absolute_threshold=absolute if absolute is not None
+                else model.config.flash_absolute_threshold)
     if resume_from is not None and not specs:
         load_weights(model, resume_from, OFFICIAL)  # full weights, exactly as saved (fp32)
     apply_freezing(model, Freezing.resolve(cfg.stage, cfg.freeze_backbone, cfg.freeze_mlp, cfg.freeze_llm))
+    if cfg.vico is not None:
+        freeze_for(model, cfg.vico)
     if cfg.stage == "0":
         unfreeze_text_encoder(model)
     apply_lora(model, specs)
@@ -243,6 +271,10 @@ def setup(cfg: TrainConfig, info: D.DistInfo) -> Run:
     if saved and saved[0].get("config", {}).get("method", "sft") != cfg.method:
         raise ConfigError(f"{resume_from} was trained with --method {saved[0]['config'].get('method', 'sft')}, this "
                           f"run asks for --method {cfg.method}")
+    if saved and saved[0].get("config", {}).get("vico") != cfg.vico:
+        was, now = saved[0]["config"].get("vico"), cfg.vico
+        raise ConfigError(f"{resume_from} was trained with " + (f"--vico {was}" if was else "no --vico") +
+                          ", this run asks for " + (f"--vico {now}" if now else "no --vico"))
     model, tokenizer, tokenizer_source, specs = prepare_model(cfg, resume_from)
     model.run_vision_always = info.enabled
     model.to(info.device)
@@ -256,6 +288,8 @@ def setup(cfg: TrainConfig, info: D.DistInfo) -> Run:
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, max_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
     objective: Objective = RegionTextObjective() if cfg.stage == "0" else SFTObjective()
+    if cfg.vico is not None:
+        objective = vico_objective(cfg, info, model)
     if cfg.method == "mpo":  # before the RNG is seeded or restored below: building the reference draws from it
         from .mpo import build_objective
         objective = build_objective(cfg, info, SFTInternVL, loader.dataset, loader.collate_fn,
@@ -358,6 +392,26 @@ def fit(run: Run) -> dict:
             "checkpoint": last_saved, "trainable": trainable_summary(run.inner)}
 
 
+def vico_objective(cfg: TrainConfig, info: D.DistInfo, model: SFTInternVL) -> Objective:
+    """`--vico consistency|router`: the objective, with its frozen reference loaded."""
+    # the frozen reference: the starting checkpoint (or --vico-reference) reading every tile in full
+    from ..presets import PRESETS
+    if cfg.vico_reference is None and cfg.model in PRESETS:
+        raise ConfigError(f"--vico starts from a trained model: --model {cfg.model} is a preset (random weights); "
+                          "give a checkpoint, or --vico-reference")
+    reference, _, _ = load_model(cfg.vico_reference or cfg.model, dtype=torch.float32, device=info.device,
+                                 cls=SFTInternVL)
+    reference.img_context_token_id = model.img_context_token_id
+    reference.requires_grad_(False)
+    ids, per_tile = model.img_context_token_id, model.num_image_token
+    if reference.num_image_token != per_tile:
+        raise ConfigError(f"the ViCO reference has {reference.num_image_token} tokens per tile, the model "
+                          f"{per_tile}: they must share the vision geometry")
+    if cfg.vico == "consistency":
+        return ConsistencyObjective(reference, ids, per_tile, cfg.vico_compress_prob)
+    return RouterObjective(reference, ids, per_tile, cfg.router_percentile, cfg.router_window)
+
+
 def _row(step: int, stats: dict, tokens_per_s: float, run: Run) -> dict:
     """One metrics row (the only place step statistics are read back from the device)."""
     norm = stats["grad_norm"]
@@ -374,6 +428,8 @@ def train(cfg: TrainConfig) -> dict:
     info = D.init_distributed(cfg.device)
     D.rank0_logging(info)
     try:
+        if cfg.vico is not None and info.world_size > 1:
+            raise ConfigError("--vico runs in one process only (not under torchrun)")
         run = setup(cfg, info)
         summary = run_summary(run)
         log.info("training %s trainable of %s parameters (vision %s, projector %s, llm %s) for %d steps%s",

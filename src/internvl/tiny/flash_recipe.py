@@ -1,0 +1,154 @@
+"""`make tiny-flash`: a tiny InternVL3.5-Flash from a tiny checkpoint, by ViCO, measured on held-out questions.
+
+Every step is a command a user could type (printed before it runs):
+
+1. training data        python -m internvl.tiny.dataset --out W/data --n N   (SFT questions, as ViCO uses)
+2. baseline evaluation  internvl eval shapes --model M --n E --out W/eval-base
+3. consistency stage    internvl train --vico consistency --model M ...   (M gains mlp2 and a frozen router)
+4. router stage         internvl train --vico router --model W/consistency/checkpoint-S --vico-reference M ...
+5. evaluations          internvl eval shapes --model W/router/checkpoint-S --vir auto|off --out W/eval-auto|off
+6. report               W/report.md and W/report.json: visual tokens, accuracy and seconds per question of the
+                        starting model, the Flash model with its router (auto) and without it (off), and the
+                        targets (at least 40% fewer visual tokens than M, at most 2 points of accuracy lost)
+
+M is any tiny checkpoint (default: the shipped model), so the numbers re-measure on a retrained model:
+`make tiny-flash TINY_FLASH_MODEL=DIR`. A finished step is skipped and an interrupted training continues with
+`--resume`; `W/recipe.json` records each step's command and wall time, and the model it ran on. The step
+counts are flags, so a smoke run (`--consistency-steps 2 --router-steps 2 --data-n 64 --eval-n 20`) proves the
+commands in minutes.
+
+    python -m internvl.tiny.flash_recipe [--model DIR] [--work scratch/tiny-flash]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import DEFAULT_MODEL
+
+TOKEN_CUT, MAX_LOSS = 0.40, 0.02
+COMMON = ["--bf16", "--num-workers", "1", "--seed", "0", "--save-total-limit", "1", "--no-progress",
+          "--log-steps", "10", "--warmup-ratio", "0.05"]
+# Consistency: every part trains but the ViT (frozen as in the tiny model's own stage 2, halving the cost);
+# half the samples read compressed tiles, half full ones, both pulled to the starting model's full-tile answers.
+CONSISTENCY = ["--freeze-backbone", "--lr", "2e-4", "--per-device-batch-size", "16", "--vico-compress-prob", "0.5"]
+# Router: labels "compress" for the 60% of tiles whose compression costs least (relative to a window of
+# recent tiles); at inference a tile is compressed when the router says so with probability >= 0.5, except
+# the lowest-scored tile of each request (relative threshold 0, the official strict quantile rule).
+# A small lr: Adam's first steps at 1e-3 swung the fresh router past the labels in a smoke run.
+ROUTER = ["--lr", "1e-4", "--per-device-batch-size", "8", "--router-percentile", "60", "--router-window", "512",
+          "--flash-relative-threshold", "0.0", "--flash-absolute-threshold", "0.5"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "internvl", *args]
+
+
+def _train(model: str, out: Path, steps: int, meta: Path, extra: list[str]) -> list[str]:
+    resume = ["--resume"] if out.exists() and any(out.glob("checkpoint-*")) else []
+    return _cli("train", "--model", model, "--meta-path", str(meta), "--output-dir", str(out), "--max-steps",
+                str(steps), "--save-steps", str(max(1, steps // 4)), *extra, *COMMON, *resume)
+
+
+def plan(model: str, work: Path, data_n: int, eval_n: int, consistency_steps: int, router_steps: int
+         ) -> list[tuple[str, list[str], bool]]:
+    """(name, command, already done) for each step, in order."""
+    data, meta = work / "data", work / "data" / "shapes_train_meta.json"
+    stage1 = work / "consistency" / f"checkpoint-{consistency_steps}"
+    stage2 = work / "router" / f"checkpoint-{router_steps}"
+
+    def evaluate(name: str, checkpoint: str, vir: str) -> tuple[str, list[str], bool]:
+        return (name, _cli("eval", "shapes", "--model", checkpoint, "--n", str(eval_n), "--vir", vir, "--out",
+                           str(work / name), "--no-blind", "--no-progress"), (work / name / "summary.json").exists())
+
+    return [
+        ("data", [sys.executable, "-m", "internvl.tiny.dataset", "--out", str(data), "--n", str(data_n)],
+         meta.exists()),
+        evaluate("eval-base", model, "off"),
+        ("consistency", _train(model, work / "consistency", consistency_steps, meta,
+                               ["--vico", "consistency", *CONSISTENCY]), (stage1 / "config.json").exists()),
+        ("router", _train(str(stage1), work / "router", router_steps, meta,
+                          ["--vico", "router", "--vico-reference", model, *ROUTER]), (stage2 / "config.json").exists()),
+        evaluate("eval-auto", str(stage2), "auto"),
+        evaluate("eval-off", str(stage2), "off"),
+    ]
+
+
+def run(model: str, work: Path, data_n: int, eval_n: int, consistency_steps: int, router_steps: int) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    record_path = work / "recipe.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    model = str(Path(model).resolve()) if Path(model).exists() else model
+    if record.setdefault("model", model) != model:
+        raise SystemExit(f"error: {work} holds a run on {record['model']}; use another --work for {model}")
+    for name, command, done in plan(model, work, data_n, eval_n, consistency_steps, router_steps):
+        if done:
+            print(f"[{name}] done already", flush=True)
+            continue
+        print(f"[{name}] $ {shlex.join(command)}", flush=True)
+        start = time.perf_counter()
+        subprocess.run(command, check=True)
+        previous = record.get(name, {}).get("seconds", 0.0) if "--resume" in command else 0.0
+        record[name] = {"command": shlex.join(command), "seconds": round(previous + time.perf_counter() - start, 1)}
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return report(work, record)
+
+
+def report(work: Path, record: dict) -> dict:
+    """Compare the three evaluations; write report.json and report.md beside them."""
+    rows = {}
+    for name in ("eval-base", "eval-off", "eval-auto"):
+        s = json.loads((work / name / "summary.json").read_text())
+        rows[name] = {"accuracy": s["accuracy"], "visual_tokens": s["visual_tokens_per_question"],
+                      "seconds": s["seconds_per_question"], "tiles": s["tiles"],
+                      "compressed_tiles": s["compressed_tiles"], "n": s["n"], "threads": s["threads"]}
+    base, auto = rows["eval-base"], rows["eval-auto"]
+    cut = 1 - auto["visual_tokens"] / max(base["visual_tokens"], 1e-9)
+    loss = base["accuracy"] - auto["accuracy"]
+    summary = {"model": record["model"], "rows": rows, "token_cut": cut, "accuracy_loss": loss,
+               "targets": {f">= {TOKEN_CUT:.0%} fewer visual tokens": cut >= TOKEN_CUT,
+                           f"<= {100 * MAX_LOSS:.0f} points of accuracy lost": loss <= MAX_LOSS},
+               "steps": {k: v for k, v in record.items() if isinstance(v, dict)}}
+    (work / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    labels = {"eval-base": "starting model", "eval-off": "Flash, --vir off", "eval-auto": "Flash, --vir auto"}
+    lines = [f"# A tiny InternVL3.5-Flash by ViCO: {record['model']}", "",
+             f"Held-out shapes questions (`internvl eval shapes --n {base['n']}`), {os.cpu_count()} CPUs, "
+             f"{base['threads']} threads:", "",
+             "| model | visual tokens / question | tiles compressed | accuracy | s / question |",
+             "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {labels[name]} | {r['visual_tokens']:.1f} | {r['compressed_tiles']} of {r['tiles']} | "
+                     f"{r['accuracy']:.1%} | {r['seconds']:.3f} |")
+    lines += ["", f"Visual tokens cut by {cut:.1%}; accuracy {100 * -loss:+.1f} points.", "",
+              "Targets: " + "; ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in summary["targets"].items()),
+              "", "Steps:", ""]
+    lines += [f"    {v['command']}    # {v['seconds']} s" for v in summary["steps"].values()]
+    (work / "report.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="ViCO on a tiny checkpoint: a tiny InternVL3.5-Flash and its report.")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="the checkpoint to start from (default: shipped)")
+    ap.add_argument("--work", default="scratch/tiny-flash", help="working directory (data, runs, evaluations)")
+    ap.add_argument("--data-n", type=int, default=8000, help="training questions for both stages")
+    ap.add_argument("--eval-n", type=int, default=500, help="held-out questions per evaluation")
+    ap.add_argument("--consistency-steps", type=int, default=400, help="steps of the consistency stage")
+    ap.add_argument("--router-steps", type=int, default=200, help="steps of the router stage")
+    args = ap.parse_args(argv)
+    for name in ("data_n", "eval_n", "consistency_steps", "router_steps"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    run(args.model, Path(args.work), args.data_n, args.eval_n, args.consistency_steps, args.router_steps)
+    print((Path(args.work) / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""`make tiny-flash`: every step is a command the real CLI parsers accept, finished steps are skipped, an
+interrupted training resumes, and the report compares tokens and accuracy against the targets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from internvl.cli import build_parser
+from internvl.tiny import flash_recipe
+from internvl.train.args import TrainConfig
+
+
+def _parse(command: list[str]):
+    assert command[1:3] == ["-m", "internvl"]
+    return build_parser().parse_args(command[3:])
+
+
+def test_plan_is_cli_commands_that_parse_and_resume(tmp_path):
+    steps = flash_recipe.plan("M", tmp_path, data_n=64, eval_n=20, consistency_steps=6, router_steps=4)
+    assert [n for n, _, _ in steps] == ["data", "eval-base", "consistency", "router", "eval-auto", "eval-off"]
+    assert not any(done for _, _, done in steps)
+    cmds = {n: c for n, c, _ in steps}
+    for name in ("consistency", "router"):
+        args = _parse(cmds[name])
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+        assert cfg.vico == name and not cfg.resume
+    consistency, router = _parse(cmds["consistency"]), _parse(cmds["router"])
+    assert consistency.model == "M" and consistency.max_steps == 6
+    assert router.model.endswith("consistency/checkpoint-6") and router.vico_reference == "M"
+    assert router.max_steps == 4 and router.flash_absolute_threshold == 0.5
+    for name, vir, model in (("eval-base", "off", "M"), ("eval-auto", "auto", "router/checkpoint-4"),
+                             ("eval-off", "off", "router/checkpoint-4")):
+        args = _parse(cmds[name])
+        assert args.vir == vir and args.n == 20 and args.model.endswith(model) and not args.blind
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "shapes_train_meta.json").write_text("{}")
+    (tmp_path / "consistency" / "checkpoint-3").mkdir(parents=True)  # interrupted after a save
+    steps = {n: (c, done) for n, c, done in flash_recipe.plan("M", tmp_path, 64, 20, 6, 4)}
+    assert steps["data"][1] and not steps["consistency"][1]
+    assert "--resume" in steps["consistency"][0] and "--resume" not in steps["router"][0]
+
+
+def test_report_measures_the_token_cut_and_the_accuracy_loss(tmp_path):
+    def summary(name, accuracy, tokens, compressed):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"n": 100, "accuracy": accuracy, "visual_tokens_per_question": tokens, "seconds_per_question": 0.05,
+             "tiles": 300, "compressed_tiles": compressed, "threads": 2}))
+
+    summary("eval-base", 0.80, 64.0, 0)
+    summary("eval-off", 0.79, 64.0, 0)
+    summary("eval-auto", 0.785, 36.0, 140)
+    record = {"model": "M", "router": {"command": "python -m internvl train --vico router", "seconds": 9.0}}
+    out = flash_recipe.report(tmp_path, record)
+    assert out["token_cut"] == pytest.approx(1 - 36 / 64) and out["accuracy_loss"] == pytest.approx(0.015)
+    assert list(out["targets"].values()) == [True, True]
+    md = (tmp_path / "report.md").read_text()
+    assert "| Flash, --vir auto | 36.0 | 140 of 300 | 78.5% | 0.050 |" in md and "cut by 43.8%" in md
+    (tmp_path / "eval-auto" / "summary.json").write_text(json.dumps(
+        {"n": 100, "accuracy": 0.7, "visual_tokens_per_question": 50.0, "seconds_per_question": 0.05,
+         "tiles": 300, "compressed_tiles": 60, "threads": 2}))
+    out = flash_recipe.report(tmp_path, record)
+    assert list(out["targets"].values()) == [False, False]
+    assert "NOT met" in (tmp_path / "report.md").read_text()
