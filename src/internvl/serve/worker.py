@@ -40,6 +40,7 @@ class Job:
     pixel_values: torch.Tensor | None
     params: list[SamplingParams]
     loop: asyncio.AbstractEventLoop
+    image_features: torch.Tensor | None = None  # (M, D) already encoded elsewhere (a DvD vision server)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     released: bool = False  # event-loop side: the handler has done its end-of-request bookkeeping
     # Engine-thread state.
@@ -190,8 +191,8 @@ class Worker:
             if job.n > free and self._live:
                 break
             self._pending.remove(job)
-            features = torch.cat(job.feature_chunks) if job.feature_chunks else None
-            job.feature_chunks = []
+            features = torch.cat(job.feature_chunks) if job.feature_chunks else job.image_features
+            job.feature_chunks, job.image_features = [], None
             try:
                 for params in job.params:
                     job.seqs.append(self.engine.submit(job.prompt_ids, job.pixel_values, params))
