@@ -245,6 +245,16 @@ def test_encode_endpoint_method_path_and_health(vision_url):
     assert "internvl_encoded_tiles_total" in httpx.get(vision_url + "/metrics").text
 
 
+def test_api_key_guards_the_encode_endpoint_and_the_language_server_sends_it(mono, language, vision_model):
+    with vision_server(vision_model, api_key="k3y") as vurl, language_server(language, [vurl], api_key="k3y") as (lang, _):
+        r = encode_post(vurl, pack_tiles(torch.zeros(1, 3, 112, 112)))
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        r = httpx.post(
+            lang + "/v1/chat/completions", headers={"Authorization": "Bearer k3y"}, timeout=TIMEOUT,
+            json={"messages": REQUESTS["one image"], "max_tokens": N, "temperature": 0})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == answer(mono, REQUESTS["one image"])
+
+
 # ---------------------------------------------------------------- failures
 
 def assert_vision_error(r, status, url, words):
@@ -379,3 +389,49 @@ def test_the_least_loaded_server_goes_first_and_ties_take_turns():
     assert [client.order()[0] for _ in range(4)] == ["http://a:1", "http://b:1", "http://c:1", "http://a:1"]
     client.in_flight.update({"http://a:1": 2, "http://b:1": 1, "http://c:1": 3})
     assert client.order() == ["http://b:1", "http://a:1", "http://c:1"]
+
+
+# ---------------------------------------------------------------- DvD with ViR (InternVL3.5-Flash)
+
+@pytest.fixture(scope="module")
+def flash_ckpt(tmp_path_factory):
+    """A random tiny Flash checkpoint whose router compresses every tile of a request but its lowest-scored."""
+    from internvl.checkpoint.loader import save_checkpoint
+    from internvl.models.internvl import InternVL
+    from internvl.presets import PRESETS
+    from internvl.processing.tokenizer import byte_tokenizer
+    torch.manual_seed(0)
+    tok = byte_tokenizer()
+    cfg = PRESETS["tiny-random"].config.replace(image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
+                                                flash_mode=True, flash_relative_threshold=0.0,
+                                                flash_absolute_threshold=0.0)
+    model = InternVL(cfg)
+    model.init_weights(std=0.5)
+    path = save_checkpoint(model, tmp_path_factory.mktemp("flash") / "tiny-flash", "official")
+    tok.save_pretrained(path)
+    return path
+
+
+def test_flash_dvd_routes_on_the_vision_server_and_answers_as_chat_and_the_monolithic_server(flash_ckpt, tmp_path):
+    from internvl.chat import ChatSession
+    image = tmp_path / "wide.png"
+    image.write_bytes(png_bytes((400, 100), "blue"))  # several tiles: the router compresses some
+    question = "What is in the image?"
+    model, tok = from_pretrained(flash_ckpt, dtype=torch.float32)
+    session = ChatSession(model, tok, {"max_new_tokens": N, "do_sample": False})  # `internvl chat`, Engine routing
+    session.add_image(str(image))
+    want = "".join(session.ask(question))
+    assert want
+    msgs = [{"role": "user", "content": [image_part(data_uri(image.read_bytes())), text_part(question)]}]
+    vision = from_pretrained(flash_ckpt, dtype=torch.float32, parts=VISION_PARTS)[0]
+    lang = from_pretrained(flash_ckpt, dtype=torch.float32, parts=LANGUAGE_PARTS)
+    with running_server(model, tok) as (mono, _), vision_server(vision) as vurl, \
+            language_server(lang, [vurl]) as (dvd, _):
+        assert answer(mono, msgs) == want
+        assert answer(dvd, msgs) == want == streamed(dvd, msgs)
+        from internvl.processing.image import load_image
+        tiles = load_image(str(image), input_size=112, max_num=6)
+        r = encode_post(vurl, pack_tiles(tiles))
+        features, compressed = unpack_features(r.content, tiles.shape[0], 16, 128)
+        assert tiles.shape[0] > 2 and compressed.sum() == tiles.shape[0] - 1  # all but the lowest-scored
+        assert features.shape[0] == 16 + (tiles.shape[0] - 1) * 4

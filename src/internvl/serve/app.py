@@ -57,7 +57,7 @@ class Server:
         self.config, self.name = config, name
         engine = Engine(model, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                         eos_token_ids=stop_token_ids(model.config.template, tokenizer), max_batch=config.max_batch,
-                        max_len=config.max_len, prefill_budget=config.prefill_budget)
+                        max_len=config.max_len, prefill_budget=config.prefill_budget, vir=config.vir)
         self.max_len = engine.max_len
         self.worker = Worker(engine, config.max_batch, config.vision_budget)
         self.prompter = Prompter(model, tokenizer, config, engine.max_len)

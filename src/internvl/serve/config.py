@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 
 from ..argtypes import DEVICE
 from ..errors import ConfigError
+from ..models.flash import VIR_MODES
 from ..runtime import DTYPES
 from ..tiny import DEFAULT_MODEL  # the shipped tiny model, loaded without --model
 
@@ -27,6 +28,7 @@ class ServeConfig:
     dtype: str = "auto"  # auto (bf16 where the CPU has it, else fp32), bf16, fp32
     device: str | None = None  # cpu or cuda (default: cuda when available)
     quantize: str = "none"  # none or int8 (weight-only, the LLM's linear layers)
+    vir: str = "auto"  # InternVL3.5-Flash router: auto (as the config says), off (all tokens), always (compress all)
     max_batch: int = 8  # requests decoded together (KV-cache slots)
     max_queue: int = 64  # requests waiting beyond the running ones; more are refused with 429
     max_len: int | None = None  # tokens per request, prompt + answer (default: the model's, capped by the engine)
@@ -62,6 +64,8 @@ class ServeConfig:
             raise ConfigError(f"--max-tiles must be >= 1, got {self.max_tiles}")
         if self.max_len is not None and self.max_len < 2:
             raise ConfigError(f"--max-len must be >= 2, got {self.max_len}")
+        if self.vir not in VIR_MODES:
+            raise ConfigError(f"--vir must be one of {', '.join(VIR_MODES)}, got {self.vir!r}")
         if self.quantize not in ("none", "int8"):
             raise ConfigError(f"--quantize must be none or int8, got {self.quantize!r}")
         if not 0 <= self.port <= 65535:
@@ -135,6 +139,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, default=DEFAULT_MODEL, help=helps.get(f.name))
         elif f.name == "quantize":
             parser.add_argument(flag, choices=["none", "int8"], default=f.default, help=helps.get(f.name))
+        elif f.name == "vir":
+            parser.add_argument(flag, choices=VIR_MODES, default=f.default, help=helps.get(f.name))
         elif f.name == "role":
             parser.add_argument(flag, choices=ROLES, default=f.default, help=helps.get(f.name))
         elif f.name == "vision_url":

@@ -149,7 +149,7 @@ def _resolve(future: asyncio.Future, result=None, error: BaseException | None = 
 def create_vision_app(model: InternVL, config: ServeConfig, name: str) -> FastAPI:
     """The vision server's FastAPI application: `POST /v1/encode`, `GET /health`, `GET /metrics`."""
     from .app import _check_auth, read_body
-    encoder = Encoder(model, config.encode_batch)
+    encoder = Encoder(model, config.encode_batch, config.vir)
     cfg = model.config
     max_tiles = config.max_images * (config.max_tiles or cfg.max_dynamic_patch + int(cfg.use_thumbnail))
     metrics = Metrics({
@@ -176,6 +176,11 @@ def create_vision_app(model: InternVL, config: ServeConfig, name: str) -> FastAP
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
         return JSONResponse(error_body(f"{e.detail}: {request.method} {request.url.path}", kind), e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(error_body(f"internal server error: {type(e).__name__}: {e}", "server_error"), 500)
 
     @app.post(ENCODE_PATH)
     async def encode(request: Request) -> Response:
