@@ -66,7 +66,8 @@ class Server:
         if config.role == "language":
             from .vision_client import VisionClient
             self.vision = VisionClient(config.vision_url, config.vision_timeout, model.num_image_token,
-                                       model.config.llm.hidden_size, config.api_key)
+                                       model.config.llm.hidden_size, config.api_key,
+                                       max_calls=config.max_batch + config.max_queue)
         self.in_flight = 0  # sequences admitted by a handler and not finished (event-loop thread only)
         self.metrics = Metrics({
             "queue_depth": ("Sequences waiting for an engine slot.", lambda: self.worker.queued),
@@ -280,6 +281,8 @@ def create_app(model: InternVLChatModel, tokenizer: Tokenizer, config: ServeConf
         server.worker.start()
         yield
         server.worker.stop()
+        if server.vision is not None:
+            server.vision.close()
 
     app = FastAPI(title="internvl", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server

@@ -151,7 +151,7 @@ def create_vision_app(model: InternVL, config: ServeConfig, name: str) -> FastAP
     from .app import _check_auth, read_body
     encoder = Encoder(model, config.encode_batch, config.vir)
     cfg = model.config
-    max_tiles = config.max_images * (config.max_tiles or cfg.max_dynamic_patch + int(cfg.use_thumbnail))
+    max_tiles = config.max_images * ((config.max_tiles or cfg.max_dynamic_patch) + int(cfg.use_thumbnail))
     metrics = Metrics({
         "encode_batches_total": ("Vision forwards run.", lambda: encoder.batches),
         "encoded_tiles_total": ("Tiles encoded.", lambda: encoder.tiles),

@@ -16,6 +16,7 @@ import json
 import logging
 import socket
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from starlette.concurrency import run_in_threadpool
@@ -34,8 +35,11 @@ class VisionFailure(Exception):
 
 class VisionClient:
     def __init__(self, urls: tuple[str, ...], timeout: float, num_image_token: int, hidden_size: int,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, max_calls: int = 64) -> None:
         self.urls, self.timeout, self.api_key = list(urls), timeout, api_key
+        # One thread per call in flight (made when needed), enough for every request the server admits: a
+        # shared pool would queue calls, cap how many requests a vision server can batch, and eat timeouts.
+        self._pool = ThreadPoolExecutor(max_calls, thread_name_prefix="internvl-vision-call")
         self.num_image_token, self.hidden_size = num_image_token, hidden_size
         self.in_flight = {u: 0 for u in self.urls}  # event-loop thread only
         self.failures = 0
@@ -71,7 +75,8 @@ class VisionClient:
         limit = tiles * self.num_image_token * self.hidden_size * 4 + 2**16  # fp32 features + header room
         try:
             status, data = await asyncio.wait_for(
-                asyncio.to_thread(self._post, conn, parts.path + ENCODE_PATH, body, limit), self.timeout)
+                asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._post, conn, parts.path + ENCODE_PATH, body, limit), self.timeout)
         except (asyncio.TimeoutError, TimeoutError, socket.timeout):
             raise VisionFailure(f"did not answer within {self.timeout:g} s", True) from None
         except (OSError, http.client.HTTPException) as e:
@@ -86,6 +91,9 @@ class VisionClient:
             return await run_in_threadpool(unpack_features, data, tiles, self.num_image_token, self.hidden_size)
         except WireError as e:
             raise VisionFailure(f"answered something unusable: {e}", False) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _post(self, conn: http.client.HTTPConnection, path: str, body: bytes, limit: int) -> tuple[int, bytes]:
         headers = {"Content-Type": MEDIA_TYPE}
