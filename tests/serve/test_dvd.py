@@ -435,3 +435,17 @@ def test_flash_dvd_routes_on_the_vision_server_and_answers_as_chat_and_the_monol
         features, compressed = unpack_features(r.content, tiles.shape[0], 16, 128)
         assert tiles.shape[0] > 2 and compressed.sum() == tiles.shape[0] - 1  # all but the lowest-scored
         assert features.shape[0] == 16 + (tiles.shape[0] - 1) * 4
+
+
+def test_build_app_loads_only_each_roles_half(tiny_ckpt):
+    from internvl.serve.server import banner, build_app
+    app, name = build_app(ServeConfig(model=str(tiny_ckpt), role="vision", dtype="fp32", device="cpu"))
+    model = app.state.encoder.model
+    assert model.language_model is None and model.vision_model is not None and name == "tiny"
+    assert "/v1/encode" in banner(ServeConfig(role="vision"), name)
+    config = ServeConfig(model=str(tiny_ckpt), role="language", vision_url=("http://127.0.0.1:1",), dtype="fp32",
+                         device="cpu")
+    app, _ = build_app(config)
+    model = app.state.server.model
+    assert model.vision_model is None and model.mlp1 is None and model.language_model is not None
+    assert "http://127.0.0.1:1" in banner(config, name)
