@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from ..chat import InternVLChatModel
 from ..engine.engine import Engine
+from ..models.flash import compress_prompt
 from ..processing.tokenizer import Tokenizer
 from .config import ServeConfig
 from .messages import to_conversation
@@ -56,10 +57,17 @@ class Server:
         self.config, self.name = config, name
         engine = Engine(model, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                         eos_token_ids=stop_token_ids(model.config.template, tokenizer), max_batch=config.max_batch,
-                        max_len=config.max_len, prefill_budget=config.prefill_budget)
+                        max_len=config.max_len, prefill_budget=config.prefill_budget, vir=config.vir)
         self.max_len = engine.max_len
         self.worker = Worker(engine, config.max_batch, config.vision_budget)
         self.prompter = Prompter(model, tokenizer, config, engine.max_len)
+        self.model = model
+        self.vision = None  # a language server's vision servers (DvD); None: images are encoded here
+        if config.role == "language":
+            from .vision_client import VisionClient
+            self.vision = VisionClient(config.vision_url, config.vision_timeout, model.num_image_token,
+                                       model.config.llm.hidden_size, config.api_key,
+                                       max_calls=config.max_batch + config.max_queue)
         self.in_flight = 0  # sequences admitted by a handler and not finished (event-loop thread only)
         self.metrics = Metrics({
             "queue_depth": ("Sequences waiting for an engine slot.", lambda: self.worker.queued),
@@ -101,12 +109,23 @@ class Server:
         try:
             prepared = await run_in_threadpool(self.prompter.prepare, req, conv)
             job = Job(prepared.prompt_ids, prepared.pixel_values, prepared.params, loop=asyncio.get_running_loop())
+            if self.vision is not None and job.pixel_values is not None:
+                await self.encode_remotely(job)
             self.worker.submit(job)
         except BaseException:
             self.release(req.n)
             raise
         self.metrics.prompt_tokens += len(prepared.prompt_ids)
         return req, prepared, job
+
+    async def encode_remotely(self, job: Job) -> None:
+        """DvD: the job's tiles become image tokens on a vision server, here in the handler, so the engine
+        thread keeps decoding meanwhile; a Flash server's compressed tiles lose their unused prompt slots."""
+        features, compressed = await self.vision.encode(job.pixel_values)
+        if compressed.any():
+            job.prompt_ids = compress_prompt(job.prompt_ids, compressed.tolist(), self.model.img_context_token_id,
+                                             self.model.num_image_token)
+        job.pixel_values, job.image_features = None, features
 
     def finish(self, job: Job, done: bool, started: float, first: float | None, tokens: int) -> None:
         """Bookkeeping when a request ends, however it ends (once; later calls do nothing)."""
@@ -207,13 +226,9 @@ def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def read_json(request: Request, limit: int):
-    """The request body as JSON, refusing oversized bodies before reading them whole.
-
-    JSON that Python's parser refuses beyond syntax (nesting deeper than its recursion limit, an integer
-    literal of more than `sys.get_int_max_str_digits()` digits) is a 400 like any other invalid JSON; a
-    client that disconnects before its body is complete ends the request as 499 (nobody is left to answer).
-    """
+async def read_body(request: Request, limit: int) -> bytearray:
+    """The request body, refusing oversized bodies before reading them whole; a client that disconnects
+    before its body is complete ends the request as 499 (nobody is left to answer)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"the request body is {int(declared):,} bytes, over the server's limit of {limit:,}")
@@ -226,6 +241,16 @@ async def read_json(request: Request, limit: int):
     except ClientDisconnect:
         raise APIError(499, f"the client disconnected after sending {len(body):,} bytes of its request body",
                        code="client_disconnected") from None
+    return body
+
+
+async def read_json(request: Request, limit: int):
+    """The request body as JSON (see `read_body` for its size limit and a client that leaves).
+
+    JSON that Python's parser refuses beyond syntax (nesting deeper than its recursion limit, an integer
+    literal of more than `sys.get_int_max_str_digits()` digits) is a 400 like any other invalid JSON.
+    """
+    body = await read_body(request, limit)
     try:
         return json.loads(body)
     except RecursionError:
@@ -256,6 +281,8 @@ def create_app(model: InternVLChatModel, tokenizer: Tokenizer, config: ServeConf
         server.worker.start()
         yield
         server.worker.stop()
+        if server.vision is not None:
+            server.vision.close()
 
     app = FastAPI(title="internvl", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server

@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import urllib.parse
 from dataclasses import dataclass, fields
 
 from ..argtypes import DEVICE
 from ..errors import ConfigError
+from ..models.flash import VIR_MODES
 from ..runtime import DTYPES
 from ..tiny import DEFAULT_MODEL  # the shipped tiny model, loaded without --model
 
@@ -26,6 +28,7 @@ class ServeConfig:
     dtype: str = "auto"  # auto (bf16 where the CPU has it, else fp32), bf16, fp32
     device: str | None = None  # cpu or cuda (default: cuda when available)
     quantize: str = "none"  # none or int8 (weight-only, the LLM's linear layers)
+    vir: str = "auto"  # InternVL3.5-Flash router: auto (as the config says), off (all tokens), always (compress all)
     max_batch: int = 8  # requests decoded together (KV-cache slots)
     max_queue: int = 64  # requests waiting beyond the running ones; more are refused with 429
     max_len: int | None = None  # tokens per request, prompt + answer (default: the model's, capped by the engine)
@@ -43,10 +46,16 @@ class ServeConfig:
     max_image_side: int = 16_384  # longest side of an image in pixels (1 x 40,000,000 takes seconds to resample)
     max_request_pixels: int = 100_000_000  # most pixels of all the request's images together
     media_timeout: float = 10.0  # seconds to fetch one http(s) image, in all (connecting, DNS, reading)
+    # Decoupled vision/language serving (DvD): `--role vision` encodes tiles for `--role language` servers.
+    role: str = "all"  # all (one server), vision (the encode endpoint only) or language (images go to --vision-url)
+    vision_url: tuple[str, ...] = ()  # the vision servers a language server sends image tiles to (one or more)
+    vision_timeout: float = 30.0  # seconds a language server waits for one vision server's answer
+    encode_batch: int = 64  # vision role: most tiles (of all waiting requests) encoded in one forward
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "prefill_budget", "vision_budget", "default_max_tokens", "max_image_bytes",
-                     "max_image_pixels", "max_image_side", "max_request_pixels", "max_request_bytes", "max_images"):
+                     "max_image_pixels", "max_image_side", "max_request_pixels", "max_request_bytes", "max_images",
+                     "encode_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.max_queue < 0:
@@ -55,6 +64,8 @@ class ServeConfig:
             raise ConfigError(f"--max-tiles must be >= 1, got {self.max_tiles}")
         if self.max_len is not None and self.max_len < 2:
             raise ConfigError(f"--max-len must be >= 2, got {self.max_len}")
+        if self.vir not in VIR_MODES:
+            raise ConfigError(f"--vir must be one of {', '.join(VIR_MODES)}, got {self.vir!r}")
         if self.quantize not in ("none", "int8"):
             raise ConfigError(f"--quantize must be none or int8, got {self.quantize!r}")
         if not 0 <= self.port <= 65535:
@@ -69,8 +80,33 @@ class ServeConfig:
             raise ConfigError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device is not None and not DEVICE.fullmatch(self.device):
             raise ConfigError(f"--device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
+        self._check_roles()
         if self.allowed_local_media_path is not None and not os.path.isdir(self.allowed_local_media_path):
             raise ConfigError(f"--allowed-local-media-path {self.allowed_local_media_path}: no such directory")
+
+    def _check_roles(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(f"--role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        self.vision_url = tuple(u.rstrip("/") for u in self.vision_url)
+        if self.role == "language" and not self.vision_url:
+            raise ConfigError("--role language needs --vision-url URL [URL ...] (the vision servers to send images to)")
+        if self.role != "language" and self.vision_url:
+            raise ConfigError(f"--vision-url is for --role language, not --role {self.role}")
+        for url in self.vision_url:
+            parts = urllib.parse.urlsplit(url)
+            try:
+                port = parts.port
+            except ValueError:
+                port = -1
+            if parts.scheme != "http" or not parts.hostname or port == -1 or parts.query or parts.fragment:
+                raise ConfigError(f"--vision-url {url!r} is not an http://HOST:PORT URL")
+        if len(set(self.vision_url)) != len(self.vision_url):
+            raise ConfigError("--vision-url names a server twice")
+        if not (math.isfinite(self.vision_timeout) and self.vision_timeout > 0):
+            raise ConfigError(f"--vision-timeout must be a number of seconds > 0, got {self.vision_timeout}")
+
+
+ROLES = ("all", "vision", "language")
 
 
 def _flag(name: str) -> str:
@@ -103,6 +139,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, default=DEFAULT_MODEL, help=helps.get(f.name))
         elif f.name == "quantize":
             parser.add_argument(flag, choices=["none", "int8"], default=f.default, help=helps.get(f.name))
+        elif f.name == "vir":
+            parser.add_argument(flag, choices=VIR_MODES, default=f.default, help=helps.get(f.name))
+        elif f.name == "role":
+            parser.add_argument(flag, choices=ROLES, default=f.default, help=helps.get(f.name))
+        elif f.name == "vision_url":
+            parser.add_argument(flag, nargs="+", default=(), metavar="URL", help=helps.get(f.name))
         elif kind == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name))
         else:
@@ -110,4 +152,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> ServeConfig:
-    return ServeConfig(**{f.name: getattr(args, f.name) for f in fields(ServeConfig)})
+    values = {f.name: getattr(args, f.name) for f in fields(ServeConfig)}
+    values["vision_url"] = tuple(values["vision_url"])
+    return ServeConfig(**values)

@@ -32,14 +32,21 @@ def build_app(config: ServeConfig):
     import torch
 
     from ..chat import from_pretrained
+    from ..checkpoint.loader import LANGUAGE_PARTS, VISION_PARTS, load_model
     from ..runtime import resolve_dtype
     from .app import create_app
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = from_pretrained(config.model, dtype=resolve_dtype(config.dtype, device), device=device)
+    dtype = resolve_dtype(config.dtype, device)
+    name = served_name(config)
+    if config.role == "vision":  # the ViT and projector(s) only; no tokenizer, no LLM
+        from .vision import create_vision_app
+        model, _, _ = load_model(config.model, dtype=dtype, device=device, parts=VISION_PARTS)
+        return create_vision_app(model, config, name), name
+    parts = LANGUAGE_PARTS if config.role == "language" else None
+    model, tokenizer = from_pretrained(config.model, dtype=dtype, device=device, parts=parts)
     if config.quantize == "int8":
         from ..quantize import quantize_int8
         quantize_int8(model)
-    name = served_name(config)
     return create_app(model, tokenizer, config, name), name
 
 
@@ -48,11 +55,18 @@ def banner(config: ServeConfig, name: str) -> str:
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
     url = f"http://{host}:{config.port}"
     auth = f" \\\n  -H 'Authorization: Bearer {config.api_key}'" if config.api_key else ""
+    if config.role == "vision":
+        return (f"serving the vision encoder of {name} at {url}\n"
+                f"  encode        POST {url}/v1/encode  (safetensors in: pixel_values; out: features, compressed)\n"
+                f"  health        {url}/health   metrics {url}/metrics\n"
+                f"language servers use it with: internvl serve --role language --vision-url {url}")
     image = "data:image/jpeg;base64,'\"$(base64 -w0 photo.jpg)\"'"
     body = ('{"model": "%s", "max_tokens": 64, "messages": [{"role": "user", "content": [\n'
             '    {"type": "image_url", "image_url": {"url": "%s"}},\n'
             '    {"type": "text", "text": "Describe the image."}]}]}' % (name, image))
+    vision = f"  vision        {' '.join(config.vision_url)}\n" if config.role == "language" else ""
     return (f"serving {name} at {url}\n"
+            f"{vision}"
             f"  chat page     {url}/\n"
             f"  OpenAI API    {url}/v1  (chat/completions, models)\n"
             f"  health        {url}/health   metrics {url}/metrics\n"

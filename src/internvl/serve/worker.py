@@ -24,6 +24,7 @@ from ..engine.engine import Engine
 from ..engine.sampling import SamplingParams
 from ..engine.sequence import Sequence
 from ..errors import ContextTooLongError
+from ..models.flash import TileFeatures, compress_prompt
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,13 @@ class Job:
     pixel_values: torch.Tensor | None
     params: list[SamplingParams]
     loop: asyncio.AbstractEventLoop
+    image_features: torch.Tensor | None = None  # (M, D) already encoded elsewhere (a DvD vision server)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     released: bool = False  # event-loop side: the handler has done its end-of-request bookkeeping
     # Engine-thread state.
     seqs: list[Sequence] = field(default_factory=list)
     open: set[int] = field(default_factory=set)  # choices not finished yet
-    feature_chunks: list[torch.Tensor] = field(default_factory=list)
+    feature_chunks: list[TileFeatures] = field(default_factory=list)
     tiles_encoded: int = 0
 
     @property
@@ -171,7 +173,8 @@ class Worker:
                 continue
             chunk = job.pixel_values[job.tiles_encoded:job.tiles_encoded + budget]
             try:
-                feats = self.engine.model.extract_feature(chunk.to(self.engine.device, self.engine.dtype))
+                feats = self.engine.model.encode_tiles(chunk.to(self.engine.device, self.engine.dtype),
+                                                       self.engine.vir)
             except Exception as e:
                 log.exception("image encoding failed")
                 self._fail(job, 500, f"internal error while encoding the images: {type(e).__name__}: {e}")
@@ -190,8 +193,8 @@ class Worker:
             if job.n > free and self._live:
                 break
             self._pending.remove(job)
-            features = torch.cat(job.feature_chunks) if job.feature_chunks else None
-            job.feature_chunks = []
+            features = self._route(job) if job.feature_chunks else job.image_features
+            job.feature_chunks, job.image_features = [], None
             try:
                 for params in job.params:
                     job.seqs.append(self.engine.submit(job.prompt_ids, job.pixel_values, params))
@@ -206,6 +209,16 @@ class Worker:
             job.pixel_values = None  # the sequences hold what they need
             self._live.append(job)
             free -= job.n
+
+    def _route(self, job: Job) -> torch.Tensor:
+        """The job's image tokens from its encoded chunks; on a Flash model its tiles are routed together
+        (the threshold is a quantile over the request's tiles) and compressed tiles' prompt slots dropped."""
+        model = self.engine.model
+        routed = model.route_features(TileFeatures.cat(job.feature_chunks), self.engine.vir)
+        if routed.compressed.any():
+            job.prompt_ids = compress_prompt(job.prompt_ids, routed.compressed.tolist(), model.img_context_token_id,
+                                             model.num_image_token)
+        return routed.tokens
 
     def _publish(self) -> None:
         for job in list(self._live):

@@ -1,0 +1,253 @@
+"""DvD under an image-heavy concurrent load: request throughput of the monolithic server, of DvD (a vision
+server + a language server), and of both with the Flash router (ViR), on one machine.
+
+    python -m benchmarks.bench_dvd [--preset InternVL3_5-1B] [--requests 16] [--clients 8] [--tiles 6]
+                                   [--max-tokens 32] [--modes mono,dvd,mono-vir,dvd-vir] [--wait-quiet SECONDS]
+    python -m benchmarks.bench_dvd --smoke      # tiny-random weights, a few requests: checks the plumbing only
+
+One random checkpoint (the preset's shapes, plus the Flash modules: mlp2 and a random router with
+relative threshold 0.5, so about half of a request's tiles are compressed) serves every mode, so the
+weights are the same; `--vir off` turns routing off for `mono` and `dvd`. Every server is a subprocess
+(`python -m internvl serve`, bf16 where the CPU has it); `dvd` runs `--role vision` and
+`--role language --vision-url` side by side. `--clients` clients send `--requests` non-streaming requests
+in all, each with one image of `--tiles` tiles (plus the thumbnail) and a different question, greedy,
+`--max-tokens` answer tokens. Throughput is requests per second of wall time; latency is per request.
+
+On one machine the two DvD servers share the CPU cores, so DvD cannot gain what the paper reports for
+separate GPUs (its 4.05x is 38B at 896px with ViR on 8 A100s, InternVL3.5 Table 18); this measures what
+the decoupling costs and the pipelining gives here. Writes benchmarks/results/dvd.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common as C  # noqa: E402
+
+MODES = ("mono", "dvd", "mono-vir", "dvd-vir")
+
+
+def build_checkpoint(directory: Path, preset: str) -> Path:
+    """Random `preset` weights plus the Flash modules, official layout, bf16, the byte-level tokenizer."""
+    import torch
+
+    from internvl.checkpoint.loader import save_checkpoint
+    from internvl.models.internvl import InternVL
+    from internvl.presets import PRESETS
+    from internvl.processing.tokenizer import byte_tokenizer
+    tok = byte_tokenizer()
+    cfg = PRESETS[preset].config.replace(image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), flash_mode=True,
+                                         flash_relative_threshold=0.5, flash_absolute_threshold=0.0)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = InternVL(cfg)
+    model = model.to_empty(device="cpu")
+    model.init_weights(std=0.02)
+    with torch.no_grad():  # only byte tokens can win, so every answer runs to max_tokens (no early EOS)
+        lm = model.language_model
+        head = lm.embed_tokens.weight if lm.lm_head is None else lm.lm_head.weight
+        head[256:] = 0
+    path = save_checkpoint(model.to(torch.bfloat16), directory, "official")
+    tok.save_pretrained(path)
+    return path
+
+
+class ServersLoad(C.OtherLoad):
+    """OtherLoad that counts the servers' CPU time as ours."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__()
+        self.pids = pids
+
+    def _snapshot(self) -> tuple[int, int, int]:
+        busy, total, own = super()._snapshot()
+        for pid in self.pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            own += int(fields[11]) + int(fields[12])
+        return busy, total, own
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str]) -> tuple[subprocess.Popen, str]:
+    """`internvl serve ARGS` on a free port, once its /health answers -> (process, base URL)."""
+    import httpx
+    port = free_port()
+    cmd = [sys.executable, "-m", "internvl", "serve", "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop([proc])
+            raise RuntimeError(f"the server did not start: {' '.join(cmd)}")
+        time.sleep(0.2)
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def image_uri(i: int, tiles: int, size: int) -> str:
+    """A PNG whose aspect ratio tiles into `tiles` x 1 (different pixels per request)."""
+    import base64
+
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(i)
+    pixels = rng.integers(0, 256, (size // 4, tiles * size // 4, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).resize((tiles * size, size)).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def run_load(base: str, images: list[str], clients: int, max_tokens: int) -> dict:
+    import httpx
+
+    async def one(http, i: int) -> float:
+        t0 = time.perf_counter()
+        r = await http.post(base + "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": images[i]}},
+                                                      {"type": "text", "text": f"Question {i}: describe it."}]}],
+            "max_tokens": max_tokens, "temperature": 0})
+        r.raise_for_status()
+        return time.perf_counter() - t0
+
+    async def everyone() -> tuple[list[float], float]:
+        queue = list(range(len(images)))
+
+        async def client(http) -> list[float]:
+            out = []
+            while queue:
+                out.append(await one(http, queue.pop(0)))
+            return out
+        async with httpx.AsyncClient(timeout=3600, limits=httpx.Limits(max_connections=clients + 4)) as http:
+            t0 = time.perf_counter()
+            done = await asyncio.gather(*(client(http) for _ in range(clients)))
+            return [x for xs in done for x in xs], time.perf_counter() - t0
+
+    latencies, wall = asyncio.run(everyone())
+    return {"requests": len(latencies), "wall_s": round(wall, 3), "requests_per_s": len(latencies) / wall,
+            "latency_p50_s": statistics.median(latencies), "latency_max_s": max(latencies)}
+
+
+def metric(base: str, name: str) -> float | None:
+    import httpx
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(f"internvl_{name} "):
+            return float(line.split()[1])
+    return None
+
+
+def run_mode(mode: str, ckpt: Path, args, images: list[str]) -> dict:
+    common = ["--model", str(ckpt), "--vir", "auto" if mode.endswith("vir") else "off"]
+    serving = [*common, "--max-batch", str(args.max_batch), "--max-queue", "256"]
+    procs = []
+    try:
+        vision = None
+        if mode.startswith("dvd"):
+            proc, vision = start([*common, "--role", "vision"])
+            procs.append(proc)
+            proc, base = start([*serving, "--role", "language", "--vision-url", vision])
+        else:
+            proc, base = start(serving)
+        procs.append(proc)
+        run_load(base, images[:2], 2, 2)  # warm-up: first-call costs out of the numbers
+        meter = ServersLoad([p.pid for p in procs]).start()
+        result = run_load(base, images[2:], args.clients, args.max_tokens)
+        result["other_load"] = meter.stop()
+        if vision is not None:
+            batches, tiles = metric(vision, "encode_batches_total"), metric(vision, "encoded_tiles_total")
+            result["vision_tiles_per_forward"] = tiles / batches if batches else None
+        return result
+    finally:
+        stop(procs)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="InternVL3_5-1B")
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--tiles", type=int, default=6, help="tiles per image (a thumbnail is added)")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
+    ap.add_argument("--smoke", action="store_true", help="tiny-random weights, 4 requests: the plumbing only")
+    ap.add_argument("--out", default=None, help="results file (default benchmarks/results/dvd.json; "
+                                                "--smoke writes nothing unless given)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.preset, args.requests, args.clients, args.max_tokens = "tiny-random", 4, 4, 4
+    modes = args.modes.split(",")
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        ap.error(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
+    C.setup()
+    from internvl.presets import PRESETS
+    size = PRESETS[args.preset].config.image_size
+    images = [image_uri(i, args.tiles, size) for i in range(args.requests + 2)]
+    t_start = time.perf_counter()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="internvl_bench_dvd_") as tmp:
+        t0 = time.perf_counter()
+        ckpt = build_checkpoint(Path(tmp) / args.preset, args.preset)
+        C.log(f"built random {args.preset} (+Flash) checkpoint [{time.perf_counter() - t0:.1f}s]")
+        for mode in modes:
+            if args.wait_quiet > 0:
+                C.wait_quiet(args.wait_quiet)
+            results[mode] = run_mode(mode, ckpt, args, images)
+            C.log(f"  {mode:>9}: {results[mode]['requests_per_s']:.3f} req/s, p50 {results[mode]['latency_p50_s']:.2f}s")
+    base = results.get("mono", {}).get("requests_per_s")
+    for r in results.values():
+        r["vs_mono"] = r["requests_per_s"] / base if base else None
+    out = {"machine": C.machine_info(), "preset": args.preset, "tiles_per_image": args.tiles + 1,
+           "requests": args.requests, "clients": args.clients, "max_tokens": args.max_tokens,
+           "max_batch": args.max_batch, "modes": results, "wall_s": round(time.perf_counter() - t_start, 1)}
+    print(C.table(f"DvD, {args.preset} random weights, {args.requests} requests of {args.tiles + 1} tiles, "
+                  f"{args.clients} clients, {args.max_tokens} answer tokens",
+                  ["mode", "req/s", "x mono", "p50 s", "max s", "tiles/forward", "other"],
+                  [[m, r["requests_per_s"], r["vs_mono"], r["latency_p50_s"], r["latency_max_s"],
+                    r.get("vision_tiles_per_forward"), r["other_load"]] for m, r in results.items()]))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+        C.log(f"wrote {args.out}")
+    elif not args.smoke:
+        C.log(f"wrote {C.write_results('dvd', out)}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
