@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from . import DEFAULT_MODEL
+from .recipe import run_step
 
 TOKEN_CUT, MAX_LOSS = 0.40, 0.02
 COMMON = ["--bf16", "--num-workers", "1", "--seed", "0", "--save-total-limit", "1", "--no-progress",
@@ -89,15 +87,7 @@ def run(model: str, work: Path, data_n: int, eval_n: int, consistency_steps: int
     if record.setdefault("model", model) != model:
         raise SystemExit(f"error: {work} holds a run on {record['model']}; use another --work for {model}")
     for name, command, done in plan(model, work, data_n, eval_n, consistency_steps, router_steps):
-        if done:
-            print(f"[{name}] done already", flush=True)
-            continue
-        print(f"[{name}] $ {shlex.join(command)}", flush=True)
-        start = time.perf_counter()
-        subprocess.run(command, check=True)
-        previous = record.get(name, {}).get("seconds", 0.0) if "--resume" in command else 0.0
-        record[name] = {"command": shlex.join(command), "seconds": round(previous + time.perf_counter() - start, 1)}
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        run_step(name, command, done, record, record_path)
     return report(work, record)
 
 

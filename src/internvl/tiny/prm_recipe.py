@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from ..errors import ConfigError
 from . import DEFAULT_MODEL, PRM_DIR
+from .recipe import run_step
 
 STEP_EXAMPLES = 10_000
 PRM_QUESTIONS = 400
@@ -102,15 +100,7 @@ def run(work: Path, out: Path, policy: str, stop_after: str | None = None, **kw)
             return None
         if name == stop_after:
             stop_after = "before"
-        if done:
-            print(f"[{name}] done already", flush=True)
-            continue
-        print(f"[{name}] $ {shlex.join(command)}", flush=True)
-        start = time.perf_counter()
-        subprocess.run(command, check=True)
-        previous = record.get(name, {}).get("seconds", 0.0) if "--resume" in command else 0.0
-        record[name] = {"command": shlex.join(command), "seconds": round(previous + time.perf_counter() - start, 1)}
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        run_step(name, command, done, record, record_path)
     if stop_after is not None:
         return None
     from .prm_ship import ship

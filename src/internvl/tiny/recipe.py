@@ -80,22 +80,26 @@ def plan(work: Path) -> list[tuple[str, list[str], bool]]:
     ]
 
 
+def run_step(name: str, command: list[str], done: bool, record: dict, record_path: Path) -> None:
+    """Run one recipe step (printed first, as a user would type it) unless done; record its command and wall
+    time in `record_path`. An interrupted-and-resumed step (`--resume`) adds its pieces of time."""
+    if done:
+        print(f"[{name}] done already", flush=True)
+        return
+    print(f"[{name}] $ {shlex.join(command)}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    previous = record.get(name, {}).get("seconds", 0.0) if "--resume" in command else 0.0
+    record[name] = {"command": shlex.join(command), "seconds": round(previous + time.perf_counter() - start, 1)}
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def run(work: Path, out: Path) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "recipe.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     for name, command, done in plan(work):
-        if done:
-            print(f"[{name}] done already", flush=True)
-            continue
-        print(f"[{name}] $ {shlex.join(command)}", flush=True)
-        start = time.perf_counter()
-        subprocess.run(command, check=True)
-        seconds = time.perf_counter() - start
-        # an interrupted-and-resumed stage adds its pieces
-        previous = record.get(name, {}).get("seconds", 0.0) if "--resume" in command else 0.0
-        record[name] = {"command": shlex.join(command), "seconds": round(previous + seconds, 1)}
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        run_step(name, command, done, record, record_path)
     from .ship import ship
     checkpoint = work / "stage2" / f"checkpoint-{_steps(STAGE2)}"
     return ship(checkpoint, out, record, json.loads((work / "eval" / "summary.json").read_text()))
