@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..models.flash import TileFeatures, resolve_vir
 from ..models.internvl import InternVL
+from .background import BackgroundThread
 from .config import ServeConfig
 from .metrics import Metrics
 from .protocol import APIError, error_body
@@ -31,8 +32,10 @@ from .wire import ENCODE_PATH, MEDIA_TYPE, WireError, pack_features, unpack_tile
 log = logging.getLogger(__name__)
 
 
-class Encoder:
+class Encoder(BackgroundThread):
     """The encoder thread and its inbox of (tiles, future) pairs."""
+
+    thread_name = "internvl-vision"
 
     def __init__(self, model: InternVL, batch_tiles: int, vir: str = "auto") -> None:
         self.model, self.batch_tiles = model, batch_tiles
@@ -47,21 +50,6 @@ class Encoder:
         self.tiles = 0  # tiles encoded
         self.waiting_tiles = 0
         self.error: str | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="internvl-vision", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def submit(self, tiles: torch.Tensor) -> asyncio.Future:
         """Queue one request's tiles; the future resolves to (features (M, D), compressed (N,) bool)."""

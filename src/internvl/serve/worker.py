@@ -25,6 +25,7 @@ from ..engine.sampling import SamplingParams
 from ..engine.sequence import Sequence
 from ..errors import ContextTooLongError
 from ..models.flash import TileFeatures, compress_prompt
+from .background import BackgroundThread
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,9 @@ class Job:
             return None
 
 
-class Worker:
+class Worker(BackgroundThread):
+    thread_name = "internvl-engine"
+
     def __init__(self, engine: Engine, max_batch: int, vision_budget: int = 4) -> None:
         self.engine, self.max_batch, self.vision_budget = engine, max_batch, vision_budget
         self._cond = threading.Condition()
@@ -87,21 +90,6 @@ class Worker:
         self.error: str | None = None  # why the thread died, if it did
 
     # ---- called from the event loop ----
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="internvl-engine", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def submit(self, job: Job) -> None:
         self._send("submit", job)
 
