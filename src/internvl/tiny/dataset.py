@@ -29,7 +29,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..processing.prompt import IMAGE_PLACEHOLDER
-from .world import DESCRIBE_QUESTION, GROUND_QUESTION, Example, examples, ground
+from ..errors import ConfigError
+from .world import (DESCRIBE_QUESTION, GROUND_QUESTION, QUESTION_TYPES, Example, examples, ground, make_example,
+                    split_seeds)
 from .world import describe as describe_scene
 
 MAX_DYNAMIC_PATCH = 6  # the tiny preset's tiling limit, recorded per dataset as the official meta does
@@ -45,7 +47,7 @@ def to_record(example: Example, split: str, image_names: list[str]) -> dict:
 
 
 def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", name: str | None = None,
-           describe: bool = False, ground: bool = False) -> Path:
+           describe: bool = False, ground: bool = False, types: tuple[str, ...] | None = None) -> Path:
     """Write n examples of a split as images + JSONL + meta JSON under `out`; returns the meta file's path.
 
     Args:
@@ -58,6 +60,8 @@ def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", 
             `world.DESCRIBE_QUESTION` (a second dataset in the meta file).
         ground: Also write the grounding records of the same first images (`world.ground`) with a meta file of
             their own, `<name>_ground_meta.json`: the data of the vision pre-training stage (`--stage 0`).
+        types: Only these question types: the first n seeds from `seed` on whose type is one of them
+            (`seed % 7` picks the type, so they share the n examples equally, +-1).
     """
     name = name or f"shapes_{split}"
     out = Path(out).resolve()
@@ -68,7 +72,7 @@ def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", 
     with open(annotation, "w", encoding="utf-8") as f, ExitStack() as stack:
         g = stack.enter_context(open(described, "w", encoding="utf-8")) if describe else None
         h = stack.enter_context(open(grounded, "w", encoding="utf-8")) if ground else None
-        for example in examples(split, n, seed):
+        for example in _examples(split, n, seed, types):
             stem = f"{split}-{example.seed:09d}"
             rendered = example.images()
             names = [f"{stem}.png"] if len(rendered) == 1 else [f"{stem}-{i + 1}.png" for i in range(len(rendered))]
@@ -92,6 +96,18 @@ def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", 
     if ground:
         (out / f"{name}_ground_meta.json").write_text(json.dumps({f"{name}_ground": entry(grounded)}, indent=2) + "\n")
     return meta_path
+
+
+def _examples(split: str, n: int, seed: int, types: tuple[str, ...] | None) -> list[Example]:
+    if types is None:
+        return examples(split, n, seed)
+    unknown = sorted(set(types) - set(QUESTION_TYPES))
+    if unknown or not types:
+        raise ConfigError(f"unknown question types {unknown}; known: {', '.join(QUESTION_TYPES)}")
+    wanted = {QUESTION_TYPES.index(t) for t in types}
+    span = -(-n * len(QUESTION_TYPES) // len(wanted)) + len(QUESTION_TYPES)  # enough seeds to hold n of them
+    seeds = [s for s in split_seeds(split, span, seed) if s % len(QUESTION_TYPES) in wanted][:n]
+    return [make_example(s) for s in seeds]
 
 
 def describe_record(example: Example, split: str, image_name: str) -> dict:
@@ -127,8 +143,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="also write a description of each image as a second dataset (training only)")
     parser.add_argument("--ground", action="store_true",
                         help="also write grounding records of the images, with their own meta file (stage 0 data)")
+    parser.add_argument("--types", default=None,
+                        help="comma-separated question types to keep (e.g. count_shape,compare); default all")
     args = parser.parse_args(argv)
-    meta_path = export(args.out, args.n, args.seed, args.split, args.name, args.describe, args.ground)
+    types = tuple(t.strip() for t in args.types.split(",")) if args.types else None
+    meta_path = export(args.out, args.n, args.seed, args.split, args.name, args.describe, args.ground, types)
     entry = next(iter(json.loads(meta_path.read_text()).values()))
     counts = type_counts(entry["annotation"])
     print(f"wrote {args.n} examples to {args.out}; meta {meta_path}")
