@@ -19,7 +19,7 @@ from internvl.tiny.world import QUESTION_TYPES
 
 def test_plan_trains_only_through_the_cli_and_resumes(tmp_path):
     steps = recipe.plan(tmp_path)
-    assert [name for name, _, _ in steps] == ["tokenizer", "data", "stage0", "stage2", "eval"]
+    assert [name for name, _, _ in steps] == ["tokenizer", "data", "counting data", "stage0", "stage2", "eval"]
     assert not any(done for _, _, done in steps)
     commands = {name: cmd for name, cmd, _ in steps}
     for stage in ("stage0", "stage2"):
@@ -28,8 +28,11 @@ def test_plan_trains_only_through_the_cli_and_resumes(tmp_path):
     assert s0[s0.index("--model") + 1] == "tiny" and s0[s0.index("--stage") + 1] == "0"
     assert s0[s0.index("--meta-path") + 1].endswith("shapes_train_ground_meta.json")
     assert s2[s2.index("--model") + 1].endswith(f"stage0/checkpoint-{recipe._steps(recipe.STAGE0)}")
-    assert s2[s2.index("--meta-path") + 1].endswith("shapes_train_meta.json") and "--freeze-backbone" in s2
+    assert s2[s2.index("--meta-path") + 1].endswith("stage2_meta.json") and "--freeze-backbone" in s2
     assert "--describe" in commands["data"] and "--ground" in commands["data"]
+    counting = commands["counting data"]
+    assert counting[counting.index("--types") + 1] == "count_shape,compare"
+    assert int(counting[counting.index("--seed") + 1]) >= recipe.TRAIN_EXAMPLES  # fresh seeds
 
     (tmp_path / "tokenizer").mkdir()
     (tmp_path / "tokenizer" / "tokenizer.json").write_text("{}")
@@ -37,6 +40,17 @@ def test_plan_trains_only_through_the_cli_and_resumes(tmp_path):
     steps = {name: (cmd, done) for name, cmd, done in recipe.plan(tmp_path)}
     assert steps["tokenizer"][1] and not steps["stage0"][1]
     assert "--resume" in steps["stage0"][0] and "--resume" not in steps["stage2"][0]
+
+
+def test_stage2_meta_merges_questions_counting_and_fewer_descriptions(tmp_path):
+    from internvl.tiny import dataset
+    dataset.export(tmp_path, n=14, seed=0, describe=True)
+    dataset.export(tmp_path, n=4, seed=14, name="shapes_counting", types=recipe.COUNTING_TYPES)
+    meta = json.loads(recipe.stage2_meta(tmp_path).read_text())
+    assert list(meta) == ["shapes_train", "shapes_train_describe", "shapes_counting"]
+    assert meta["shapes_train_describe"]["repeat_time"] == recipe.DESCRIBE_REPEAT
+    assert meta["shapes_train"]["repeat_time"] == meta["shapes_counting"]["repeat_time"] == 1
+    assert dataset.type_counts(meta["shapes_counting"]["annotation"]) == {"count_shape": 2, "compare": 2}
 
 
 def test_ship_writes_bf16_official_weights_and_a_model_card(tmp_path):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
+from internvl.errors import ConfigError
 from internvl.tiny import dataset
 from internvl.tiny.world import QUESTION_TYPES, make_example
 
@@ -70,3 +72,15 @@ def test_describe_set_names_every_object_left_to_right(tmp_path):
             by_name.setdefault(name, []).append(x)
         xs = [by_name[name].pop(0) for name in named]  # the x centers in the order the text names them
         assert xs == sorted(xs)  # left to right
+
+
+def test_types_keeps_only_those_question_types_from_fresh_seeds(tmp_path, capsys):
+    dataset.main(["--out", str(tmp_path), "--n", "5", "--seed", "70", "--types", "count_shape,compare",
+                  "--name", "counting"])
+    records = read_jsonl(tmp_path / "counting.jsonl")
+    seeds = [int(r["id"].split("-")[1]) for r in records]
+    assert seeds == [70, 76, 77, 83, 84]  # 70 % 7 == 0 (count_shape), 76 % 7 == 6 (compare), ...
+    assert all(make_example(s).qtype in ("count_shape", "compare") for s in seeds)
+    assert "compare 2, count_shape 3" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="unknown question types"):
+        dataset.export(tmp_path, n=2, types=("count_triangles",))
