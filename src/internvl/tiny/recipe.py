@@ -51,7 +51,7 @@ EVAL_EXAMPLES = 500
 COMMON = ["--per-device-batch-size", "16", "--bf16", "--num-workers", "1", "--seed", str(SEED),
           "--save-total-limit", "2", "--no-progress"]
 STAGE0 = ["--stage", "0", "--lr", "1e-3", "--max-steps", "1500", "--warmup-ratio", "0.03", "--save-steps", "500"]
-STAGE2 = ["--stage", "2", "--freeze-backbone", "--lr", "5e-4", "--max-steps", "4000", "--warmup-ratio", "0.03",
+STAGE2 = ["--stage", "2", "--freeze-backbone", "--lr", "5e-4", "--max-steps", "5000", "--warmup-ratio", "0.03",
           "--min-lr-ratio", "0.05", "--save-steps", "500", "--packed", "--max-packed-tokens", "4096"]
 
 
