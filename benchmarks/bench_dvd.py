@@ -24,10 +24,7 @@ import argparse
 import asyncio
 import io
 import json
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,86 +34,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common as C  # noqa: E402
+from benchmarks import servers as S  # noqa: E402
 
 MODES = ("mono", "dvd", "mono-vir", "dvd-vir")
-
-
-def build_checkpoint(directory: Path, preset: str) -> Path:
-    """Random `preset` weights plus the Flash modules, official layout, bf16, the byte-level tokenizer."""
-    import torch
-
-    from internvl.checkpoint.loader import save_checkpoint
-    from internvl.models.internvl import InternVL
-    from internvl.presets import PRESETS
-    from internvl.processing.tokenizer import byte_tokenizer
-    tok = byte_tokenizer()
-    cfg = PRESETS[preset].config.replace(image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), flash_mode=True,
-                                         flash_relative_threshold=0.5, flash_absolute_threshold=0.0)
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = InternVL(cfg)
-    model = model.to_empty(device="cpu")
-    model.init_weights(std=0.02)
-    with torch.no_grad():  # only byte tokens can win, so every answer runs to max_tokens (no early EOS)
-        lm = model.language_model
-        head = lm.embed_tokens.weight if lm.lm_head is None else lm.lm_head.weight
-        head[256:] = 0
-    path = save_checkpoint(model.to(torch.bfloat16), directory, "official")
-    tok.save_pretrained(path)
-    return path
-
-
-class ServersLoad(C.OtherLoad):
-    """OtherLoad that counts the servers' CPU time as ours."""
-
-    def __init__(self, pids: list[int]) -> None:
-        super().__init__()
-        self.pids = pids
-
-    def _snapshot(self) -> tuple[int, int, int]:
-        busy, total, own = super()._snapshot()
-        for pid in self.pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            own += int(fields[11]) + int(fields[12])
-        return busy, total, own
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str]) -> tuple[subprocess.Popen, str]:
-    """`internvl serve ARGS` on a free port, once its /health answers -> (process, base URL)."""
-    import httpx
-    port = free_port()
-    cmd = [sys.executable, "-m", "internvl", "serve", "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while True:
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop([proc])
-            raise RuntimeError(f"the server did not start: {' '.join(cmd)}")
-        time.sleep(0.2)
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    for proc in procs:
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def image_uri(i: int, tiles: int, size: int) -> str:
@@ -177,14 +97,14 @@ def run_mode(mode: str, ckpt: Path, args, images: list[str]) -> dict:
     try:
         vision = None
         if mode.startswith("dvd"):
-            proc, vision = start([*common, "--role", "vision"])
+            proc, vision = S.start([*common, "--role", "vision"])
             procs.append(proc)
-            proc, base = start([*serving, "--role", "language", "--vision-url", vision])
+            proc, base = S.start([*serving, "--role", "language", "--vision-url", vision])
         else:
-            proc, base = start(serving)
+            proc, base = S.start(serving)
         procs.append(proc)
         run_load(base, images[:2], 2, 2)  # warm-up: first-call costs out of the numbers
-        meter = ServersLoad([p.pid for p in procs]).start()
+        meter = S.ServersLoad([p.pid for p in procs]).start()
         result = run_load(base, images[2:], args.clients, args.max_tokens)
         result["other_load"] = meter.stop()
         if vision is not None:
@@ -192,7 +112,7 @@ def run_mode(mode: str, ckpt: Path, args, images: list[str]) -> dict:
             result["vision_tiles_per_forward"] = tiles / batches if batches else None
         return result
     finally:
-        stop(procs)
+        S.stop(procs)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -223,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     with tempfile.TemporaryDirectory(prefix="internvl_bench_dvd_") as tmp:
         t0 = time.perf_counter()
-        ckpt = build_checkpoint(Path(tmp) / args.preset, args.preset)
+        ckpt = S.build_checkpoint(Path(tmp) / args.preset, args.preset, flash_mode=True,
+                                  flash_relative_threshold=0.5, flash_absolute_threshold=0.0)
         C.log(f"built random {args.preset} (+Flash) checkpoint [{time.perf_counter() - t0:.1f}s]")
         for mode in modes:
             if args.wait_quiet > 0:

@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,67 +30,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import common as C  # noqa: E402
+from benchmarks import servers as S  # noqa: E402
 
 TARGET_SPEEDUP_AT_8 = 4.0
 SYSTEM = "You are a helpful assistant."
-
-
-def build_checkpoint(directory: Path) -> Path:
-    """Random InternVL3-1B weights in the official layout, bf16, with the byte-level tokenizer beside them."""
-    import torch
-
-    from internvl.checkpoint.loader import save_checkpoint
-    from internvl.models.internvl import InternVL
-    from internvl.presets import PRESETS
-    from internvl.processing.tokenizer import byte_tokenizer
-    tok = byte_tokenizer()
-    cfg = PRESETS[C.PRESET].config.replace(image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"))
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = InternVL(cfg)
-    model = model.to_empty(device="cpu")
-    model.init_weights(std=0.02)
-    with torch.no_grad():  # only byte tokens can win, so every answer is text (no EOS): max_tokens each
-        lm = model.language_model
-        head = lm.embed_tokens.weight if lm.lm_head is None else lm.lm_head.weight
-        head[256:] = 0
-    path = save_checkpoint(model.to(torch.bfloat16), directory, "official")
-    tok.save_pretrained(path)
-    return path
-
-
-class ServerLoad(C.OtherLoad):
-    """OtherLoad that also counts the server process's CPU time as ours."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__()
-        self.pid = pid
-
-    def _snapshot(self) -> tuple[int, int, int]:
-        busy, total, own = super()._snapshot()
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return busy, total, own + int(fields[11]) + int(fields[12])
-
-
-def start_server(ckpt: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "internvl", "serve", "--model", str(ckpt), "--port", str(port),
-           "--max-batch", str(max_batch), "--max-queue", "64"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    import httpx
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not start: {' '.join(cmd)}")
-        time.sleep(0.2)
 
 
 def body(i: int, max_tokens: int) -> dict:
@@ -200,9 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="internvl_bench_serve_") as tmp:
         t0 = time.perf_counter()
-        ckpt = build_checkpoint(Path(tmp) / C.PRESET)
+        ckpt = S.build_checkpoint(Path(tmp) / C.PRESET, C.PRESET)
         C.log(f"built random {C.PRESET} checkpoint with the byte tokenizer [{time.perf_counter() - t0:.1f}s]")
-        proc, base = start_server(ckpt, args.max_batch)
+        proc, base = S.start(["--model", str(ckpt), "--max-batch", str(args.max_batch), "--max-queue", "64"],
+                             timeout=300)
         try:
             run_level(base, 1, 2, 8, start=10_000)  # warm-up: first-call costs out of the numbers
             results: dict = {}
@@ -210,18 +151,13 @@ def main(argv: list[str] | None = None) -> dict:
             for k, (name, clients, rounds) in enumerate(names):
                 if args.wait_quiet > 0:
                     C.wait_quiet(args.wait_quiet)
-                meter = ServerLoad(proc.pid).start()
+                meter = S.ServersLoad([proc.pid]).start()
                 results[name] = run_level(base, clients, rounds, args.max_tokens, start=1000 * k)
                 results[name]["other_load"] = meter.stop()
                 C.log(f"  {name:>10}: {results[name]['tokens_per_s']:.1f} tok/s, "
                       f"p50 {results[name]['latency_p50_s']:.2f}s, p99 {results[name]['latency_p99_s']:.2f}s")
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            S.stop([proc])
         if not args.no_engine_only:
             if args.wait_quiet > 0:
                 C.wait_quiet(args.wait_quiet)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import re
 import struct
 import threading
 import time
@@ -19,14 +20,11 @@ MODEL_NAME = "tiny"
 
 
 @contextlib.contextmanager
-def running_server(model, tokenizer, **overrides):
-    """A server for `model` on a free loopback port; yields (base_url, app)."""
+def serving(app, port: int = 0):
+    """Any ASGI app under uvicorn on a loopback port (a given one, to restart a server where it was); yields
+    its base URL."""
     import uvicorn
-
-    from internvl.serve.app import create_app
-    config = replace(ServeConfig(model="unused", dtype="fp32", port=0), **overrides)
-    app = create_app(model, tokenizer, config, MODEL_NAME)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -35,13 +33,29 @@ def running_server(model, tokenizer, **overrides):
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", app
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(30)
-        assert not app.state.server.worker.alive, "the engine thread outlived the server"
+
+
+@contextlib.contextmanager
+def running_server(model, tokenizer, **overrides):
+    """A server for `model` on a free loopback port; yields (base_url, app)."""
+    from internvl.serve.app import create_app
+    config = replace(ServeConfig(model="unused", dtype="fp32", port=0), **overrides)
+    app = create_app(model, tokenizer, config, MODEL_NAME)
+    with serving(app) as url:
+        yield url, app
+    assert not app.state.server.worker.alive, "the engine thread outlived the server"
+
+
+def requests_counted(base: str, status: int) -> int:
+    """The server's `internvl_requests_total` for `status`, from its /metrics (0 while there are none)."""
+    import httpx
+    found = re.search(rf'internvl_requests_total{{status="{status}"}} (\d+)', httpx.get(base + "/metrics").text)
+    return int(found.group(1)) if found else 0
 
 
 def png_bytes(size=(300, 100), color="blue", fmt="PNG") -> bytes:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import http.server
 import json
+import logging
 import socket
 import threading
 import time
@@ -20,12 +21,14 @@ from dataclasses import replace
 import httpx
 import pytest
 import torch
-from serve_helpers import MODEL_NAME, data_uri, image_part, png_bytes, running_server, text_part
+from serve_helpers import (MODEL_NAME, data_uri, image_part, png_bytes, requests_counted, running_server, serving,
+                           text_part)
 
 from internvl.chat import from_pretrained
 from internvl.checkpoint.loader import LANGUAGE_PARTS, VISION_PARTS
 from internvl.errors import ConfigError
 from internvl.serve.config import ServeConfig
+from internvl.serve import vision
 from internvl.serve.vision import Encoder, create_vision_app
 from internvl.serve.vision_client import VisionClient
 from internvl.serve.wire import ENCODE_PATH, MEDIA_TYPE, pack_features, pack_tiles, unpack_features
@@ -35,26 +38,6 @@ TIMEOUT = 60  # no test request may take longer; a hang fails instead of blockin
 
 
 # ---------------------------------------------------------------- servers
-
-@contextlib.contextmanager
-def serving(app, port: int = 0):
-    """Any ASGI app under uvicorn on a loopback port (a given one, to restart a server where it was)."""
-    import uvicorn
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
 
 def vision_app(model, **overrides):
     config = replace(ServeConfig(model="unused", dtype="fp32", port=0), role="vision", max_images=4,
@@ -243,6 +226,34 @@ def test_encode_endpoint_method_path_and_health(vision_url):
     assert httpx.post(vision_url + "/v1/chat/completions", json={}).status_code == 404
     assert httpx.get(vision_url + "/health").json()["status"] == "ok"
     assert "internvl_encoded_tiles_total" in httpx.get(vision_url + "/metrics").text
+
+
+def test_the_vision_server_counts_and_logs_failures_as_the_chat_server_does(vision_model, monkeypatch, caplog):
+    """Both servers install one set of error handlers: a refusal is a 4xx and a bug a 500, each with an error
+    body and counted by status in /metrics, and a client that leaves mid-upload is a 499 logged at INFO."""
+    def broken(*args):
+        raise RuntimeError("injected packing failure")
+
+    tiles = pack_tiles(torch.zeros(1, 3, 112, 112))
+    with vision_server(vision_model) as url:
+        assert encode_post(url, b"").status_code == 400
+        with monkeypatch.context() as m:
+            m.setattr(vision, "pack_features", broken)
+            r = encode_post(url, tiles)
+        assert r.status_code == 500, r.text
+        assert r.json()["error"]["type"] == "server_error"
+        assert "RuntimeError: injected packing failure" in r.json()["error"]["message"]
+        with caplog.at_level(logging.INFO):
+            host, port = url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port))) as s:
+                s.sendall(f"POST {ENCODE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: {MEDIA_TYPE}\r\n"
+                          "Content-Length: 5000\r\n\r\n".encode() + tiles[:100])
+            deadline = time.monotonic() + 10
+            while requests_counted(url, 499) == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert encode_post(url, tiles).status_code == 200
+        assert {s: requests_counted(url, s) for s in (200, 400, 499, 500)} == {200: 1, 400: 1, 499: 1, 500: 1}
+    assert any("disconnected after sending 100 bytes" in r.getMessage() for r in caplog.records)
 
 
 def test_api_key_guards_the_encode_endpoint_and_the_language_server_sends_it(mono, language, vision_model):

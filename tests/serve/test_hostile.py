@@ -17,7 +17,6 @@ import http.server
 import io
 import json
 import logging
-import re
 import os
 import socket
 import threading
@@ -26,8 +25,8 @@ import time
 import httpx
 import pytest
 from PIL import Image
-from serve_helpers import (MODEL_NAME, data_uri, image_part, png_bytes, png_claiming, png_rgb16, running_server,
-                           text_part)
+from serve_helpers import (MODEL_NAME, data_uri, image_part, png_bytes, png_claiming, png_rgb16, requests_counted,
+                           running_server, text_part)
 
 from internvl.processing.image import load_image
 from internvl.processing.prompt import build_query, tokenize_query
@@ -317,8 +316,7 @@ def test_a_client_leaving_mid_upload_is_not_a_server_error(hostile, caplog):
     host, port = base.removeprefix("http://").split(":")
 
     def counted(status: int) -> int:  # the module's server is shared: an earlier test injects a 500 on purpose
-        found = re.search(rf'internvl_requests_total{{status="{status}"}} (\d+)', httpx.get(base + "/metrics").text)
-        return int(found.group(1)) if found else 0
+        return requests_counted(base, status)
 
     errors_before, disconnects_before = counted(500), counted(499)
     with caplog.at_level(logging.INFO):

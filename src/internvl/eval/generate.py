@@ -18,16 +18,15 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from ..engine.engine import Engine
 from ..engine.sampling import SamplingParams
 from ..errors import InternVLError
 from ..models.internvl import InternVL
 from ..processing.image import load_image
-from ..processing.prompt import IMG_CONTEXT_TOKEN, build_query
+from ..processing.prompt import build_query
 from ..processing.templates import get_template
 from ..processing.tokenizer import Tokenizer
 from . import choice, prompts
-from .runner import _stop_ids
+from .answer_engine import make_engine
 from .tsv import Benchmark, Row
 
 
@@ -89,12 +88,8 @@ def build_request(bench: Benchmark, row: Row, kind: str, model: InternVL, tokeni
 
 def engine_generate(model: InternVL, tokenizer: Tokenizer, batch_size: int = 16) -> Generate:
     """Greedy answers through one engine with continuous batching (the default `Generate`)."""
-    if model.img_context_token_id is None:
-        model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
-
     def generate(requests: Iterable[Request]) -> Iterator[Answer]:
-        engine = Engine(model, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                        eos_token_ids=_stop_ids(model, tokenizer), max_batch=batch_size)
+        engine = make_engine(model, tokenizer, batch_size)
         pending = iter(requests)
         active = []  # (key, sequence)
         exhausted = False

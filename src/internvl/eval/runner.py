@@ -22,16 +22,16 @@ import torch
 from PIL import Image
 
 from ..argtypes import device, non_negative_int, positive_int
-from ..engine.engine import Engine
 from ..engine.sampling import SamplingParams
 from ..errors import GenerationError
 from ..models.internvl import InternVL
 from ..processing.image import load_question_images
-from ..processing.prompt import IMG_CONTEXT_TOKEN, build_query
-from ..processing.templates import get_template, stop_strings
+from ..processing.prompt import build_query
+from ..processing.templates import get_template
 from ..processing.tokenizer import Tokenizer
 from ..tiny import DEFAULT_MODEL, DEFAULT_PRM  # the shipped tiny model and PRM
 from . import report
+from .answer_engine import make_engine
 from .metrics import mean
 from .tasks import Sample, Task, get_task
 
@@ -118,17 +118,6 @@ def _requests(model: InternVL, tokenizer: Tokenizer, task: Task, samples: Sequen
         yield tokenizer(query, return_tensors=None)["input_ids"], (torch.cat(tiles) if tiles else None)
 
 
-def _stop_ids(model: InternVL, tokenizer: Tokenizer) -> list[int]:
-    """The template's stop strings that are single tokens, plus the tokenizer's EOS."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for text in stop_strings(get_template(model.config.template)):
-        try:
-            ids.add(tokenizer.convert_tokens_to_ids(text))
-        except KeyError:
-            pass
-    return sorted(ids)
-
-
 class _Quiet:
     """Stands in for a tqdm bar where tqdm is not installed (an optional dependency): logs every 100."""
 
@@ -167,10 +156,7 @@ def generate_answers(model: InternVL, tokenizer: Tokenizer, task: Task, samples:
     Raises:
         GenerationError: a sample failed in the engine (an evaluation never scores a failure as an answer).
     """
-    if model.img_context_token_id is None:
-        model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
-    engine = Engine(model, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                    eos_token_ids=_stop_ids(model, tokenizer), max_batch=batch_size, vir=vir)
+    engine = make_engine(model, tokenizer, batch_size, vir=vir)
     totals = {"tiles": 0, "compressed_tiles": 0, "image_tokens": 0}
     params = SamplingParams(max_new_tokens=max_new_tokens)
     requests = enumerate(_requests(model, tokenizer, task, samples, max_tiles, blind))

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LLMConfig
+from .moe import run_experts
 
 
 class TopKRouter(nn.Module):
@@ -46,22 +47,10 @@ class Experts(nn.Module):
         return (up + 1) * (gate * torch.sigmoid(gate * self.alpha))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(x)
-        flat = experts.flatten()  # (N*k,)
-        order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()
-        token_of = order // experts.shape[1]
-        start = 0
-        # group the (token, expert) pairs by expert so each expert runs one matmul, experts in index order
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            sel, tok = order[start:start + n], token_of[start:start + n]
-            start += n
-            hidden = self.activation(x[tok] @ self.gate_up_proj[e] + self.gate_up_proj_bias[e])
-            y = hidden @ self.down_proj[e] + self.down_proj_bias[e]
-            out.index_add_(0, tok, (y * weights.flatten()[sel, None]).to(out.dtype))
-        return out
+        def expert(e: int, xs: torch.Tensor) -> torch.Tensor:
+            hidden = self.activation(xs @ self.gate_up_proj[e] + self.gate_up_proj_bias[e])
+            return hidden @ self.down_proj[e] + self.down_proj_bias[e]
+        return run_experts(x, weights, experts, self.gate_up_proj.shape[0], expert)
 
 
 class GptOssMoE(nn.Module):

@@ -7,6 +7,8 @@ token's output is the weighted sum of its experts' SwiGLU outputs. Experts are s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,23 +39,30 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(e, h, i))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(x)
-        flat = experts.flatten()  # (N*k,)
-        order = flat.argsort()
-        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()
-        token_of = order // experts.shape[1]
-        start = 0
-        # group the (token, expert) pairs by expert so each expert runs one matmul
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            sel = order[start:start + n]
-            tok = token_of[start:start + n]
-            start += n
-            gate, up = F.linear(x[tok], self.gate_up_proj[e]).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, self.down_proj[e])
-            out.index_add_(0, tok, y * weights.flatten()[sel, None])
-        return out
+        def swiglu(e: int, xs: torch.Tensor) -> torch.Tensor:
+            gate, up = F.linear(xs, self.gate_up_proj[e]).chunk(2, dim=-1)
+            return F.linear(F.silu(gate) * up, self.down_proj[e])
+        return run_experts(x, weights, experts, self.gate_up_proj.shape[0], swiglu)
+
+
+def run_experts(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, num_experts: int,
+                expert: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """sum over k of weights[:, k] * expert(experts[:, k], x) for x (N, H), weights and experts (N, k): the
+    (token, expert) pairs are grouped by expert, so each expert runs once, over all its tokens (M, H) -> (M, H),
+    experts in index order (also on GPU, where a stable sort keeps the grouping deterministic)."""
+    out = torch.zeros_like(x)
+    flat = experts.flatten()  # (N*k,)
+    order = flat.argsort(stable=True)
+    counts = torch.bincount(flat, minlength=num_experts).tolist()
+    token_of = order // experts.shape[1]
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        sel, tok = order[start:start + n], token_of[start:start + n]
+        start += n
+        out.index_add_(0, tok, (expert(e, x[tok]) * weights.flatten()[sel, None]).to(out.dtype))
+    return out
 
 
 class SparseMoE(nn.Module):

@@ -1,4 +1,5 @@
-"""The HTTP layer: FastAPI routes, server-sent-event streaming, OpenAI-style errors, bearer-token auth.
+"""The HTTP layer: FastAPI routes, server-sent-event streaming, OpenAI-style errors, bearer-token auth (the
+last two in `handlers.py`, shared with the DvD vision server).
 
 Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`, `GET /metrics`, `GET /` (the chat
 page). A request is checked in order of cost (body size, JSON, fields, model, messages, capacity, then
@@ -11,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
-import logging
 import sys
 import time
 from importlib import resources
@@ -21,14 +20,13 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from ..chat import InternVLChatModel
 from ..engine.engine import Engine
 from ..models.flash import compress_prompt
 from ..processing.tokenizer import Tokenizer
 from .config import ServeConfig
+from .handlers import check_auth, install_error_handlers, read_body
 from .messages import to_conversation
 from .metrics import Metrics
 from .prompting import Prepared, Prompter, stop_token_ids
@@ -45,7 +43,6 @@ from .protocol import (
 )
 from .worker import Job, Worker
 
-log = logging.getLogger(__name__)
 CHAT_PATH = "/v1/chat/completions"
 POLL_S = 0.5  # how often a waiting non-streaming request checks whether its client is still there
 
@@ -226,24 +223,6 @@ def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def read_body(request: Request, limit: int) -> bytearray:
-    """The request body, refusing oversized bodies before reading them whole; a client that disconnects
-    before its body is complete ends the request as 499 (nobody is left to answer)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"the request body is {int(declared):,} bytes, over the server's limit of {limit:,}")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise APIError(413, f"the request body is over the server's limit of {limit:,} bytes")
-    except ClientDisconnect:
-        raise APIError(499, f"the client disconnected after sending {len(body):,} bytes of its request body",
-                       code="client_disconnected") from None
-    return body
-
-
 async def read_json(request: Request, limit: int):
     """The request body as JSON (see `read_body` for its size limit and a client that leaves).
 
@@ -262,15 +241,6 @@ async def read_json(request: Request, limit: int):
         raise APIError(400, f"the request body is not valid JSON ({reason})") from None
 
 
-def _check_auth(request: Request, api_key: str | None) -> None:
-    if api_key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-        raise APIError(401, "missing or incorrect API key: send the header 'Authorization: Bearer <key>'",
-                       code="invalid_api_key", type="authentication_error")
-
-
 def create_app(model: InternVLChatModel, tokenizer: Tokenizer, config: ServeConfig, name: str) -> FastAPI:
     """The FastAPI application serving `model` as `name`; its engine thread runs while the app is up."""
     server = Server(model, tokenizer, config, name)
@@ -287,30 +257,12 @@ def create_app(model: InternVLChatModel, tokenizer: Tokenizer, config: ServeConf
     app = FastAPI(title="internvl", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
 
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, e: APIError) -> JSONResponse:
-        if request.url.path == CHAT_PATH:
-            server.metrics.requests[e.status] += 1
-        if e.status == 499:
-            log.info("%s %s: %s", request.method, request.url.path, e.message)
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return JSONResponse(error_body(f"{e.detail}: {request.method} {request.url.path}", kind), e.status_code)
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, e: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        if request.url.path == CHAT_PATH:
-            server.metrics.requests[500] += 1
-        return JSONResponse(error_body(f"internal server error: {type(e).__name__}: {e}", "server_error"), 500)
+    install_error_handlers(app, server.metrics, CHAT_PATH)
 
     @app.post(CHAT_PATH)
     async def chat_completions(request: Request):
         started = time.monotonic()
-        _check_auth(request, config.api_key)
+        check_auth(request, config.api_key)
         req, prepared, job = await server.accept(request)
         if req.stream:
             server.metrics.requests[200] += 1
@@ -322,7 +274,7 @@ def create_app(model: InternVLChatModel, tokenizer: Tokenizer, config: ServeConf
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
-        _check_auth(request, config.api_key)
+        check_auth(request, config.api_key)
         return JSONResponse(model_list(name, server.max_len, server.prompter.max_tiles))
 
     @app.get("/health")

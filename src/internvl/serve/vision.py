@@ -19,14 +19,14 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..models.flash import TileFeatures, resolve_vir
 from ..models.internvl import InternVL
 from .background import BackgroundThread
 from .config import ServeConfig
+from .handlers import check_auth, install_error_handlers, read_body
 from .metrics import Metrics
-from .protocol import APIError, error_body
+from .protocol import APIError
 from .wire import ENCODE_PATH, MEDIA_TYPE, WireError, pack_features, unpack_tiles
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,6 @@ def _resolve(future: asyncio.Future, result=None, error: BaseException | None = 
 
 def create_vision_app(model: InternVL, config: ServeConfig, name: str) -> FastAPI:
     """The vision server's FastAPI application: `POST /v1/encode`, `GET /health`, `GET /metrics`."""
-    from .app import _check_auth, read_body
     encoder = Encoder(model, config.encode_batch, config.vir)
     cfg = model.config
     max_tiles = config.max_images * ((config.max_tiles or cfg.max_dynamic_patch) + int(cfg.use_thumbnail))
@@ -154,26 +153,12 @@ def create_vision_app(model: InternVL, config: ServeConfig, name: str) -> FastAP
     app = FastAPI(title="internvl vision", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.encoder = encoder
 
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, e: APIError) -> JSONResponse:
-        if request.url.path == ENCODE_PATH:
-            metrics.requests[e.status] += 1
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return JSONResponse(error_body(f"{e.detail}: {request.method} {request.url.path}", kind), e.status_code)
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, e: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return JSONResponse(error_body(f"internal server error: {type(e).__name__}: {e}", "server_error"), 500)
+    install_error_handlers(app, metrics, ENCODE_PATH)
 
     @app.post(ENCODE_PATH)
     async def encode(request: Request) -> Response:
         started = time.monotonic()
-        _check_auth(request, config.api_key)
+        check_auth(request, config.api_key)
         body = await read_body(request, config.max_request_bytes)
         try:
             tiles = await run_in_threadpool(unpack_tiles, bytes(body), cfg.image_size, max_tiles)

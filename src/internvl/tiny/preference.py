@@ -32,13 +32,13 @@ from pathlib import Path
 
 import torch
 
-from ..engine.engine import Engine
 from ..engine.sampling import SamplingParams
 from ..errors import ConfigError, InternVLError
+from ..eval.answer_engine import make_engine
 from ..eval.metrics import first_word_match
 from ..processing.image import load_question_images
-from ..processing.prompt import IMG_CONTEXT_TOKEN, build_query
-from ..processing.templates import get_template, stop_strings
+from ..processing.prompt import build_query
+from ..processing.templates import get_template
 from . import DEFAULT_MODEL
 from .dataset import MAX_DYNAMIC_PATCH
 from .world import QUESTION_TYPES, Example, examples
@@ -78,10 +78,7 @@ def sample_answers(model, tokenizer, questions: Sequence[Example], k: int, param
 
     Answer j of question i is sampled with seed `seed * 1_000_003 + i * k + j`, so a rerun repeats them.
     """
-    if model.img_context_token_id is None:
-        model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
-    engine = Engine(model, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                    eos_token_ids=_stop_ids(model, tokenizer), max_batch=batch_size)
+    engine = make_engine(model, tokenizer, batch_size)
     answers: list[list[str | None]] = [[None] * k for _ in questions]
     active, pending = [], _requests(model, tokenizer, questions, max_tiles)
     exhausted, done = False, 0
@@ -124,16 +121,6 @@ def _requests(model, tokenizer, questions: Sequence[Example], max_tiles: int | N
         query = build_query(template, example.prompt, None, [t.shape[0] for t in tiles], cfg.num_image_token,
                             cfg.system_message)
         yield i, tokenizer(query, return_tensors=None)["input_ids"], torch.cat(tiles) if tiles else None
-
-
-def _stop_ids(model, tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for text in stop_strings(get_template(model.config.template)):
-        try:
-            ids.add(tokenizer.convert_tokens_to_ids(text))
-        except KeyError:
-            pass
-    return sorted(i for i in ids if i is not None)
 
 
 def make_pairs(example: Example, answers: list[str], limit: int) -> tuple[list[tuple[str, str]], str]:

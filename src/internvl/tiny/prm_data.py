@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 from ..chat import from_pretrained
+from ..eval.answer_engine import make_engine
 from ..eval.metrics import first_word_match
 from ..processing.image import load_question_images
 from ..processing.prompt import build_query
 from ..processing.templates import get_template
 from ..runtime import resolve_dtype
-from ..tts.best_of_n import extract_answer, make_engine
+from ..tts.best_of_n import extract_answer
 from ..tts.mc import MCConfig, Problem, sample_responses, step_scores
 from ..tts.prm import prm_conversation
 from .dataset import MAX_DYNAMIC_PATCH

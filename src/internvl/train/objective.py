@@ -33,7 +33,8 @@ class Objective(Protocol):
 
 
 class StatelessObjective:
-    """An objective with no extra statistics and nothing to save (SFT, stage 0)."""
+    """The protocol's defaults: no extra statistics and nothing to save (SFT, stage 0); an objective that logs
+    statistics but saves nothing (ViCO consistency) overrides the first two only."""
 
     def step_statistics(self) -> dict[str, torch.Tensor]:
         return {}

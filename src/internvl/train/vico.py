@@ -32,6 +32,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.flash import CrossAttentionPooling, Gating, build_mlp2, choose, keep_mask
+from .objective import StatelessObjective
 from .packing import Batch
 from .records import IGNORE_INDEX
 
@@ -135,8 +136,9 @@ def _layout(batch: Batch, device: torch.device):
 
 # ---------------------------------------------------------------- the objectives
 
-class ConsistencyObjective:
-    """sum(w * KL(reference(full tiles) || policy(sampled rate))) / sum(w) over the global batch's targets."""
+class ConsistencyObjective(StatelessObjective):
+    """sum(w * KL(reference(full tiles) || policy(sampled rate))) / sum(w) over the global batch's targets.
+    Nothing to save: the rate draws come from the global RNG, which the checkpoint restores."""
 
     def __init__(self, reference: nn.Module, image_token_id: int, per_tile: int, compress_prob: float = 0.5) -> None:
         self.reference, self.image_token_id, self.per_tile = reference, image_token_id, per_tile
@@ -152,12 +154,6 @@ class ConsistencyObjective:
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         return {"compressed_fraction": sums.get("compressed_tiles", 0.0) / max(sums.get("tiles", 0.0), 1.0)}
-
-    def state_dict(self) -> dict:
-        return {}  # the rate draws come from the global RNG, which the checkpoint restores
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     def __call__(self, model: nn.Module, batch: Batch, weight_total: torch.Tensor) -> torch.Tensor:
         device = weight_total.device

@@ -25,9 +25,10 @@ from ..chat import ChatSession
 from ..engine.engine import Engine
 from ..engine.sampling import SamplingParams
 from ..errors import ConfigError, ImageTokenMismatchError
+from ..eval.answer_engine import make_engine
 from ..processing.image import load_question_images
-from ..processing.prompt import IMG_CONTEXT_TOKEN, build_query, multi_image_prompt
-from ..processing.templates import get_template, stop_strings
+from ..processing.prompt import build_query, multi_image_prompt
+from ..processing.templates import get_template
 from . import prm as prm_lib
 
 log = logging.getLogger(__name__)
@@ -69,24 +70,6 @@ def candidate_params(n: int, max_new_tokens: int = 256, temperature: float = SAM
     greedy = SamplingParams(max_new_tokens=max_new_tokens)
     return [greedy] + [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                       seed=seed + i) for i in range(1, n)]
-
-
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """The template's stop strings that are single tokens, plus the tokenizer's EOS."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for text in stop_strings(get_template(model.config.template)):
-        try:
-            ids.add(tokenizer.convert_tokens_to_ids(text))
-        except KeyError:
-            pass
-    return sorted(ids)
-
-
-def make_engine(model, tokenizer, max_batch: int = 8) -> Engine:
-    if model.img_context_token_id is None:
-        model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
-    return Engine(model, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                  eos_token_ids=stop_token_ids(model, tokenizer), max_batch=max_batch)
 
 
 def submit_group(engine: Engine, prompt_ids: list[int], pixel_values: torch.Tensor | None,

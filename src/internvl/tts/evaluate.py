@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..eval.answer_engine import make_engine
 from ..eval.metrics import mean
 from ..eval.tasks import get_task
 from ..processing.image import load_question_images
 from ..processing.prompt import build_query
 from ..processing.templates import get_template
 from . import prm as prm_lib
-from .best_of_n import (STRATEGIES, Verifier, candidate_params, extract_answer, majority_index, make_engine,
-                        run_groups)
+from .best_of_n import STRATEGIES, Verifier, candidate_params, extract_answer, majority_index, run_groups
 from .report import curve_chart
 
 log = logging.getLogger(__name__)
