@@ -89,7 +89,7 @@ def choose_plan(device: str | torch.device = "cpu", dtype: str | None = None, pr
         why = ("--precision uniform, and bf16 is not native on this CPU" if precision == "uniform"
                else f"CPU kind {kind.kind}: fp32, the safe default (mixed precision unmeasured here)")
         return PrecisionPlan.uniform_in(torch.float32, why)
-    return _mixed(torch.bfloat16, f"AVX2 without native bf16 ({kind.source})")
+    return _mixed(torch.bfloat16, f"AVX2 without native bf16, {kind.source}")
 
 
 def _mixed(weights: torch.dtype, because: str) -> PrecisionPlan:
