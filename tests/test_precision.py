@@ -210,3 +210,15 @@ def test_mixed_with_int8_weights():
     want = Engine(m, max_batch=1).generate([(ids, pix, params)])[0].output_ids
     m.precision = MIXED
     assert Engine(m, max_batch=1).generate([(ids, pix, params)])[0].output_ids == want
+
+
+def test_serve_flag_from_the_config_dataclass():
+    import argparse
+
+    from internvl.errors import ConfigError
+    from internvl.serve.config import ServeConfig, add_arguments, from_args
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert from_args(parser.parse_args(["--precision", "mixed"])).precision == "mixed"
+    with pytest.raises(ConfigError, match="--precision"):
+        ServeConfig(precision="fast")
