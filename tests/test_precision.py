@@ -77,11 +77,12 @@ def test_linear_widens_bf16_weights_only_inside_compute_in():
 
 
 def test_writes_go_to_the_narrow_buffer_not_a_temporary():
-    cache = torch.zeros(2, 4, dtype=BF16)
+    cache = torch.zeros(3, 4, dtype=BF16)
     with compute_in(FP32, BF16):
         cache[0] = torch.ones(4)
         cache[1].copy_(torch.full((4,), 2.0))
-    assert cache.dtype == BF16 and cache.tolist() == [[1.0] * 4, [2.0] * 4]
+        cache[torch.tensor([2]), 1:3] = torch.full((1, 2), 3.0)  # a tensor index: index_put, which needs one dtype
+    assert cache.dtype == BF16 and cache.tolist() == [[1.0] * 4, [2.0] * 4, [0.0, 3.0, 3.0, 0.0]]
 
 
 def test_same_dtype_is_a_no_op():
@@ -141,6 +142,24 @@ def test_each_phase_computes_in_its_dtype():
     assert seen["llm"] == {(len(ids), FP32), (1, BF16)}  # the prompt in fp32, decode steps in bf16
     assert engine.cache.k[0].dtype == BF16  # decode reads a bf16 cache
     assert all(p.dtype == BF16 for p in m.parameters())  # no second copy of the model
+
+
+def test_mixed_batches_in_scattered_cache_slots(caplog):
+    """Requests of different lengths prefilled together into non-contiguous slots (tensor-indexed cache
+    writes) stay one batch: no fallback to one by one."""
+    m = model(4)
+    m.precision = MIXED
+    engine = Engine(m, max_batch=4)
+    params = SamplingParams(max_new_tokens=3)
+    first = [engine.submit(request(m, i, tiles=0)[0][:8 + i], None, params) for i in range(3)]
+    engine.step()  # admit and prefill all three
+    engine.cancel(first[1])  # free the middle slot, then fill it and the last one in one prefill
+    while engine.has_work():
+        engine.step()
+    with caplog.at_level("WARNING"):
+        later = engine.generate([(request(m, 10 + i, tiles=0)[0][:6 + 3 * i], None, params) for i in range(3)])
+    assert "one by one" not in caplog.text
+    assert all(s.error is None and len(s.output_ids) == 3 for s in later)
 
 
 def test_a_plan_for_other_weights_is_refused():

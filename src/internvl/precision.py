@@ -126,6 +126,12 @@ class _Widen(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        if name == "__setitem__" and len(args) == 3:  # e.g. a KV cache write: the value narrows to the buffer
+            dest, key, value = args
+            if (isinstance(value, torch.Tensor) and value.is_floating_point() and dest.is_floating_point()
+                    and value.dtype != dest.dtype):
+                args = (dest, key, value.to(dest.dtype))  # index_put (a tensor index) refuses mixed dtypes
+            return func(*args, **kwargs)
         if _passes_through(name, kwargs):
             return func(*args, **kwargs)
         if name == "embedding":
