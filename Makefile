@@ -22,9 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# side-by-side benchmarks against transformers (minutes; writes benchmarks/results/*.json)
+# side-by-side benchmarks against transformers (minutes; writes benchmarks/results/*.json);
+# BENCH_ARGS=--emulate-avx2 also measures inference as an AVX2-only CPU (results/inference_avx2.json)
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 # train the shipped tiny InternVL from scratch (about 2 hours on 2 CPU cores: stage 0, stage 2) into src/internvl/tiny/model
 tiny: $(STAMP)

@@ -1,6 +1,7 @@
 """Inference benchmarks: ours vs transformers' native InternVL, same random InternVL3-1B weights, one process.
 
     python -m benchmarks.bench_inference [--quick] [--no-fp32] [--no-memory] [--wait-quiet SECONDS]
+                                         [--as-cpu native|avx2] [--precision auto|uniform|mixed] [--smoke]
 
 Measures (bf16 for both implementations unless noted; 2 threads):
   vision   `extract_feature` vs `get_image_features`, 1 and 7 tiles of 448x448
@@ -12,6 +13,16 @@ Measures (bf16 for both implementations unless noted; 2 threads):
   memory   peak RSS of load + one image-prompt generation, ours and transformers each in a fresh subprocess
   what-if  ours at batch 1 with oneDNN disabled during decode (ATen's bf16 GEMV; a candidate engine fix)
   fp32     decode batch 1 in float32 (both), if not --no-fp32
+Ours runs with the precision plan `internvl chat` picks on this CPU (--precision overrides; the main
+sections' plan is recorded as "precision"); transformers runs bf16, as its model card does.
+--as-cpu avx2 runs the whole benchmark in a child process that computes like an AVX2-only CPU (torch, oneDNN
+and MKL told not to use AVX-512; `internvl.hardware.EMULATE_AVX2_ENV`); its results go to inference_avx2.json
+and every result records `machine.cpu_kind` ("native avx512_bf16", "emulated avx2", ...). Emulation limits the
+instruction set, not the machine: memory-bound decode behaves like an AVX2 CPU's, but oneDNN's bf16 GEMM
+without AVX-512 runs ~10x slower than on a real AVX2 EPYC, so emulated bf16 compute (transformers' bf16
+vision and prefill) is far slower than it would be there.
+--smoke builds a narrow 2-layer model of the same kind instead of InternVL3-1B (a check of the harness in
+seconds; results go to *_smoke.json, numbers meaningless).
 On a shared machine pass --wait-quiet SECONDS: each section then waits for idle CPUs and a disturbed section
 is measured once more; every section records the CPU share other processes took meanwhile ("other").
 
@@ -264,7 +275,11 @@ def memory_worker(impl: str) -> dict:
     base = C.rss_bytes()
     can_reset = C.reset_peak_rss()  # VmHWM of a fresh exec starts at its own RSS; reset it to after-imports
     t0 = time.perf_counter()
-    model = C.load_ours(ckpt) if impl == "ours" else C.load_ref(ckpt)
+    if impl == "ours":
+        from internvl.precision import choose_plan
+        model = C.load_ours(ckpt, precision=choose_plan("cpu"))
+    else:
+        model = C.load_ref(ckpt)
     load_s = time.perf_counter() - t0
     after_load, load_hwm = C.rss_bytes(), C.vm_hwm_bytes()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -288,6 +303,23 @@ def memory_worker(impl: str) -> dict:
             "rss_weights_resident_bytes": resident, "peak_total_delta_bytes": peak,
             "peak_above_resident_bytes": peak - resident,
             "rss_end_bytes": C.rss_bytes() - base}
+
+
+def run_emulated_avx2(argv: list[str]) -> dict:
+    """This benchmark again in a child process that computes like an AVX2-only CPU; returns its results."""
+    C.get_checkpoint()  # made here, once; the child finds it through the environment
+    rest, skip = [], False
+    for a in argv:  # the same arguments less --as-cpu
+        if not skip and a != "--as-cpu" and not a.startswith("--as-cpu="):
+            rest.append(a)
+        skip = a == "--as-cpu"
+    C.log("running the inference benchmark as an emulated AVX2-only CPU (child process)")
+    cmd = [sys.executable, "-m", "benchmarks.bench_inference", *rest]
+    proc = subprocess.run(cmd, cwd=C.BENCH_DIR.parent, env=C.emulated_avx2_env())
+    if proc.returncode != 0:
+        raise SystemExit(f"the emulated AVX2 run failed (exit code {proc.returncode})")
+    name = "inference_avx2" + ("_smoke" if os.environ.get(C.SMOKE_ENV) == "1" else "")
+    return json.loads((C.RESULTS_DIR / f"{name}.json").read_text())
 
 
 def bench_memory() -> dict:
@@ -391,38 +423,53 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                     help="before each section wait up to this long for other processes to leave the CPUs idle, "
                          "and measure a disturbed section once more")
+    ap.add_argument("--as-cpu", choices=("native", "avx2"), default="native",
+                    help="avx2: measure in a child process that computes like an AVX2-only CPU")
+    ap.add_argument("--precision", choices=("auto", "uniform", "mixed"), default="auto",
+                    help="ours: the precision plan (auto: as `internvl chat` picks it on this CPU)")
+    ap.add_argument("--smoke", action="store_true", help="a narrow 2-layer model: checks the harness in seconds")
     ap.add_argument("--memory-worker", choices=("ours", "ref"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.smoke:
+        os.environ[C.SMOKE_ENV] = "1"  # children (memory, emulation) build the same narrow model
     if args.memory_worker:
         print(json.dumps(memory_worker(args.memory_worker)))
         return {}
+    if args.as_cpu == "avx2":
+        return run_emulated_avx2(argv if argv is not None else sys.argv[1:])
 
     C.setup()
     t_start = time.perf_counter()
     info = C.machine_info()
     C.log(C.describe(info))
-    r: dict = {"machine": info, "preset": C.PRESET, "threads": C.THREADS, "contention_start": C.cpu_contention()}
+    from internvl.precision import choose_plan
+    plan = choose_plan("cpu", None, args.precision)
+    r: dict = {"machine": info, "preset": C.PRESET, "threads": C.THREADS, "contention_start": C.cpu_contention(),
+               "precision": plan.describe(), "smoke": args.smoke}
+    C.log(f"ours: {plan.describe()}; transformers: bf16")
     ckpt = C.get_checkpoint()
-    ours_model = C.load_ours(ckpt, torch.bfloat16)
+    ours_model = C.load_ours(ckpt, precision=plan)
     impls = {"ours": Ours(ours_model), "ref": Ref(C.load_ref(ckpt, torch.bfloat16))}
     repeat = 1 if args.quick else 2
+    new_tokens = 8 if args.smoke else NEW_TOKENS
     C.log("memory bandwidth: 1 GiB copy (again after decode; the better of the two is the roofline's)")
     C.wait_quiet(args.wait_quiet) if args.wait_quiet else None
-    bw_runs = [C.memory_bandwidth()]
+    gib = 0.125 if args.smoke else 1.0
+    bw_runs = [C.memory_bandwidth(gib)]
 
     r["vision"] = C.run_section(bench_vision, impls, args.quick, wait=args.wait_quiet)
     r["prefill"] = C.run_section(bench_prefill, impls, args.quick, wait=args.wait_quiet)
-    r["decode_b1"] = C.run_section(bench_decode, impls, 1, NEW_TOKENS, repeat, wait=args.wait_quiet)
-    r["decode_b8"] = C.run_section(bench_decode, impls, BATCH, NEW_TOKENS, repeat, wait=args.wait_quiet)
-    r["decode_b1_what_if"] = C.run_section(bench_decode_what_if, ours_model, NEW_TOKENS, repeat,
+    r["decode_b1"] = C.run_section(bench_decode, impls, 1, new_tokens, repeat, wait=args.wait_quiet)
+    r["decode_b8"] = C.run_section(bench_decode, impls, BATCH, new_tokens, repeat, wait=args.wait_quiet)
+    r["decode_b1_what_if"] = C.run_section(bench_decode_what_if, ours_model, new_tokens, repeat,
                                            wait=args.wait_quiet)
     r["batch8_scaling"] = {k: r["decode_b8"][k]["tokens_per_s"] / r["decode_b1"][k]["tokens_per_s"]
                            for k in ("ours", "ref")}
     C.wait_quiet(args.wait_quiet) if args.wait_quiet else None
-    bw_runs.append(C.memory_bandwidth())
+    bw_runs.append(C.memory_bandwidth(gib))
     bw = {k: max(b[k] for b in bw_runs) for k in bw_runs[0]}
     r["bandwidth"] = {**bw, "runs": bw_runs}
-    r["roofline"] = bench_roofline(ours_model, r["decode_b1"], bw, NEW_TOKENS, "bfloat16")
+    r["roofline"] = bench_roofline(ours_model, r["decode_b1"], bw, new_tokens, "bfloat16")
     w = r["decode_b1_what_if"]["ours_no_onednn"]["tokens_per_s"]
     r["roofline"]["what_if_no_onednn_fraction"] = w / r["roofline"]["roofline_tokens_per_s"]
     r["decode_b1_what_if"]["speedup_vs_ref"] = w / r["decode_b1"]["ref"]["tokens_per_s"]
@@ -431,8 +478,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_fp32:
         ours32 = C.load_ours(ckpt, torch.float32)
         impls = {"ours": Ours(ours32), "ref": Ref(C.load_ref(ckpt, torch.float32))}
-        r["decode_b1_fp32"] = C.run_section(bench_decode, impls, 1, NEW_TOKENS // 2, repeat, wait=args.wait_quiet)
-        r["roofline_fp32"] = bench_roofline(ours32, r["decode_b1_fp32"], bw, NEW_TOKENS // 2, "float32")
+        r["decode_b1_fp32"] = C.run_section(bench_decode, impls, 1, new_tokens // 2, repeat, wait=args.wait_quiet)
+        r["roofline_fp32"] = bench_roofline(ours32, r["decode_b1_fp32"], bw, new_tokens // 2, "float32")
         del impls, ours32
 
     if not args.no_memory:

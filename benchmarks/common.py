@@ -30,6 +30,9 @@ IMAGE_TOKEN_ID = 151667  # <IMG_CONTEXT> in the InternVL3 tokenizer
 IMG_START_ID, IMG_END_ID = 151665, 151666  # <img>, </img>
 THREADS = 2
 CKPT_ENV = "INTERNVL_BENCH_CKPT"
+# "1": every benchmark builds a few-layer, narrow model of the same shapes' kind (real vocabulary, 448px tiles,
+# 256 tokens per tile) instead of InternVL3-1B: a smoke run of the harness in seconds, no meaningful speeds
+SMOKE_ENV = "INTERNVL_BENCH_SMOKE"
 
 
 # ---------------------------------------------------------------- environment
@@ -105,11 +108,26 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__, "transformers": tf_version, "numpy": numpy.__version__, "pillow": PIL.__version__,
         "platform": platform.platform(),
+        **cpu_kind_info(),
     }
 
 
+def cpu_kind_info() -> dict:
+    """Which kind of CPU the numbers are for: `cpu_kind` "native avx512_bf16" or "emulated avx2" (an
+    AVX-512 machine told not to use it, see `internvl.hardware.EMULATE_AVX2_ENV`), and the precision plan
+    `internvl chat` picks there."""
+    from internvl.hardware import cpu_kind
+    from internvl.precision import choose_plan
+    kind = cpu_kind()
+    return {"cpu_kind": f"{'emulated' if kind.emulated else 'native'} {kind.kind}", "cpu_kind_source": kind.source,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "precision_auto": choose_plan("cpu").describe()}
+
+
 def describe(info: dict) -> str:
-    return (f"{info['cpu']} (family {info['cpu_family']}, model {info['cpu_model_number']}), "
+    return (f"{info['cpu']} (family {info['cpu_family']}, model {info['cpu_model_number']}), CPU kind "
+            f"{info['cpu_kind']} ({info['cpu_kind_source']}), "
             f"{info['usable_cpus']} cpus, {info['torch_threads']} torch threads, ISA {'/'.join(info['isa'])}, "
             f"{info['mem_total_gib']} GiB RAM | torch {info['torch']}, transformers {info['transformers']}, "
             f"python {info['python']}")
@@ -275,9 +293,24 @@ def vm_hwm_bytes() -> int:
 # ---------------------------------------------------------------- models
 
 def our_config():
-    """Our InternVL3-1B config with the <IMG_CONTEXT> id the -hf layout needs."""
+    """Our InternVL3-1B config with the <IMG_CONTEXT> id the -hf layout needs (a narrow one in a smoke run)."""
+    import dataclasses
+
     from internvl.presets import PRESETS
-    return PRESETS[PRESET].config.replace(image_token_id=IMAGE_TOKEN_ID)
+    cfg = PRESETS[PRESET].config.replace(image_token_id=IMAGE_TOKEN_ID)
+    if os.environ.get(SMOKE_ENV) == "1":
+        cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, hidden_size=64, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=128),
+                          llm=dataclasses.replace(cfg.llm, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                                  num_key_value_heads=1, intermediate_size=128))
+    return cfg
+
+
+def emulated_avx2_env() -> dict:
+    """This process's environment plus what makes a child compute like an AVX2-only CPU (set before torch
+    starts in it; see `internvl.hardware.EMULATE_AVX2_ENV`)."""
+    from internvl.hardware import EMULATE_AVX2_ENV
+    return {**os.environ, **EMULATE_AVX2_ENV}
 
 
 def hf_config():
@@ -350,9 +383,11 @@ def get_checkpoint(verbose: bool = True) -> Path:
     return directory
 
 
-def load_ours(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16):
+def load_ours(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16, precision=None):
+    """Our model in `dtype`, or (`precision`, a `PrecisionPlan`) stored and computed as that plan says."""
     from internvl.checkpoint.loader import load_model
-    model, _, _ = load_model(path, dtype=dtype)
+    model, _, _ = load_model(path, dtype=dtype if precision is None else precision.weights)
+    model.precision = precision
     return model
 
 
@@ -424,6 +459,14 @@ def table(title: str, headers: list[str], rows: list[list]) -> str:
 
 
 def write_results(name: str, data: dict) -> Path:
+    """results/NAME.json; NAME_avx2.json on an emulated AVX2 CPU, NAME_smoke.json in a smoke run (never
+    overwriting a real run's file)."""
+    from internvl.hardware import cpu_kind
+    kind = cpu_kind()
+    if kind.emulated and kind.kind == "avx2":
+        name += "_avx2"
+    if os.environ.get(SMOKE_ENV) == "1":
+        name += "_smoke"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from .argtypes import Parser, device, non_negative_float, non_negative_int, positive_int, probability
-from .errors import InternVLError
+from .errors import ConfigError, InternVLError
 from .tiny import DEFAULT_MODEL, DEFAULT_PRM
 
 
@@ -23,6 +23,32 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
+    if args.hardware:
+        _print_hardware(args)
+    if args.model is None:
+        if not args.hardware:
+            raise ConfigError("info needs a MODEL (checkpoint directory, Hub repo id or preset name) or --hardware")
+        return
+    _print_model(args)
+
+
+def _print_hardware(args: argparse.Namespace) -> None:
+    """The machine, the precision plan `chat`/`serve` would pick with these flags and why, the fast paths."""
+    from .hardware import fast_paths, report
+    from .precision import choose_plan, dtype_name
+    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    plan = choose_plan(device, args.dtype, args.precision)
+    for line in report():
+        print(line)
+    print(f"precision   {plan.describe()} on {device} (--dtype {args.dtype} --precision {args.precision})")
+    for phase, dtype in (("vision", plan.vision), ("prefill", plan.prefill), ("decode", plan.decode)):
+        print(f"  {phase:<9} {dtype_name(dtype)}: {plan.why[phase]}")
+    print("fast paths")
+    for name, state in fast_paths().items():
+        print(f"  {name:<11} {state}")
+
+
+def _print_model(args: argparse.Namespace) -> None:
     from .checkpoint.loader import build_model, read_config, resolve_path, resolve_tie
     from .presets import PRESETS
     if args.model in PRESETS:
@@ -64,9 +90,11 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_chat(args: argparse.Namespace) -> None:
     from .chat import ChatSession, from_pretrained
-    from .runtime import resolve_dtype
+    from .precision import choose_plan
     device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
-    model, tokenizer = from_pretrained(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
+    plan = choose_plan(device, args.dtype, args.precision)
+    model, tokenizer = from_pretrained(args.model, dtype=plan.weights, device=device)
+    model.precision = plan
     if args.no_thinking:
         from .processing.templates import get_template, without_thinking
         without_thinking(get_template(model.config.template))  # a template without a thinking mode: say so
@@ -282,7 +310,8 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "chat": (cmd_chat, "answer a question about images with a model"),
     "convert": (cmd_convert, "convert a checkpoint between the official and -hf layouts"),
-    "info": (cmd_info, "print a model's configuration, parameter count and memory"),
+    "info": (cmd_info, "print a model's configuration, parameter count and memory, or (--hardware) the machine "
+                       "and the precision chosen for each phase"),
     "eval": (cmd_eval, "evaluate a model: benchmark files (run, score, compare, export-shapes) or a built-in task"),
     "demo": (cmd_demo, "the shipped tiny model answers questions about its example images"),
     "serve": (cmd_serve, "serve a model over an OpenAI-compatible HTTP API, with a web chat page"),
@@ -296,6 +325,18 @@ def add_vir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vir", choices=VIR_MODES, default="auto",
                         help="InternVL3.5-Flash visual resolution router: auto (route tiles as the checkpoint's "
                              "config says), off (every tile keeps all its tokens), always (compress every tile)")
+
+
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dtype, --precision and --device, from ServeConfig's fields (one wording for chat, serve and info)."""
+    from .precision import PRECISIONS
+    from .runtime import DTYPES
+    from .serve.config import ServeConfig, _comments
+    helps = _comments()
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default=ServeConfig.dtype, help=helps.get("dtype"))
+    parser.add_argument("--precision", choices=PRECISIONS, default=ServeConfig.precision,
+                        help=helps.get("precision"))
+    parser.add_argument("--device", type=device, default=None, help=helps.get("device"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,7 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "eval":
             _add_eval_arguments(p)
         elif name == "info":
-            p.add_argument("model", help="checkpoint directory, Hub repo id, or preset name")
+            p.add_argument("model", nargs="?", help="checkpoint directory, Hub repo id, or preset name")
+            p.add_argument("--hardware", action="store_true",
+                           help="the detected CPU/GPU, the precision chosen for each phase and why, the fast paths")
+            add_precision_arguments(p)
         elif name == "serve":
             from .serve.config import add_arguments
             add_arguments(p)
@@ -338,10 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--prm", default=DEFAULT_PRM, help="process reward model for --best-of "
                                                               "(default: the shipped tiny PRM)")
             p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sampled --best-of candidates")
-            from .runtime import DTYPES
-            p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                           help="auto (bf16 where the CPU has it, else fp32), bf16, fp32")
-            p.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when available)")
+            add_precision_arguments(p)
             p.add_argument("--special-tokens-in-text", action="store_true",
                            help="read control tokens spelled in the question (<|im_start|>, ...) as control tokens, "
                                 "not as text (the official chat()'s behaviour)")

@@ -1,30 +1,27 @@
-"""Where and in what precision to run: the default device and dtype for inference.
+"""Where and in what precision to run: the default device and the one default dtype.
 
-bf16 halves the bytes every decode step reads, which is what bounds CPU decoding; it is the default only
-where the CPU computes bf16 natively (AVX512-BF16 or AMX), otherwise bf16 matmuls are emulated and slower
-than fp32. GPUs use bf16.
+bf16 halves the bytes every decode step reads, which is what bounds CPU decoding; as the one dtype of a
+model it is the default only where the CPU computes bf16 natively (AVX512-BF16 or AMX), otherwise bf16
+matmuls are emulated and slower than fp32. GPUs use bf16. Inference commands go further and pick a dtype
+per phase (`precision.py`); this single default serves training and tools that run one dtype.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 
 import torch
+
+from .hardware import cpu_kind
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
 
 
-@functools.cache
 def cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """Whether this process computes bf16 natively on the CPU (see `hardware.cpu_kind`)."""
+    return cpu_kind().native_bf16
 
 
 def default_device() -> str:

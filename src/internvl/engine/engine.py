@@ -7,6 +7,11 @@ prefill token budget, so a burst of long (image) prompts delays running streams 
 not by all of them. Requests carry their own sampling parameters and stop rules; finished requests free
 their slot at once, so new ones join between decode steps.
 
+Each phase computes in the dtype of the model's precision plan (`precision.py`, `model.precision`): the
+vision tower (inside the model) and the prompt forward in `plan.vision` / `plan.prefill`, decode steps and
+the KV cache in the stored weights' dtype. A prompt's first-token logits are a one-row product like a decode
+step's, so they read the head in the weights' dtype too.
+
 Images are encoded when their request is admitted. On an InternVL3.5-Flash model (`vir`), each request's
 tiles are routed on their own (the quantile threshold is per request, as in the official code) and the
 request's prompt drops the unused `<IMG_CONTEXT>` slots of its compressed tiles before it is prefilled, so
@@ -28,6 +33,7 @@ import torch
 from ..errors import ContextTooLongError, GenerationError, ImageSizeError
 from ..models.flash import compress_prompt, resolve_vir
 from ..models.internvl import InternVL
+from ..precision import compute_in, plan_of
 from ..runtime import matmul_mode
 from .kv_cache import KVCache
 from .sampling import SamplingParams, sample
@@ -61,7 +67,8 @@ class Engine:
         self.max_len = max_len or min(llm.max_position_embeddings, 32768)
         self.prefill_budget = prefill_budget
         param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.precision = plan_of(model)  # a plan whose weight dtype is not the model's fails here
+        self.device, self.dtype = param.device, param.dtype  # the weights' dtype: decode and the KV cache
         self.cache = KVCache(llm.num_hidden_layers, max_batch, llm.num_key_value_heads, self.max_len,
                              llm.dim_per_head, self.dtype, self.device,
                              windows=[llm.window(i) for i in range(llm.num_hidden_layers)])
@@ -176,7 +183,7 @@ class Engine:
     def _embed(self, seq: Sequence) -> torch.Tensor:
         """The prompt's input embeddings (T, D), its images encoded (once), routed and written over <IMG_CONTEXT>."""
         if seq.pixel_values is not None and seq.image_features is None:
-            tiles = self.model.encode_tiles(seq.pixel_values.to(self.device, self.dtype), self.vir)
+            tiles = self.model.encode_tiles(seq.pixel_values.to(self.device, self.precision.vision), self.vir)
             features = self.model.route_features(tiles, self.vir)
             if features.compressed.any():
                 seq.prompt_ids = compress_prompt(seq.prompt_ids, features.compressed.tolist(),
@@ -185,15 +192,16 @@ class Engine:
         if seq.image_features is not None:
             seq.image_tokens = seq.image_features.numel() // seq.image_features.shape[-1]
         ids = torch.tensor([seq.prompt_ids], device=self.device)
-        embeds = self.model.embed(ids, image_features=seq.image_features)[0].to(self.dtype)
+        with self._prefill_precision():
+            embeds = self.model.embed(ids, image_features=seq.image_features)[0].to(self.precision.prefill)
         seq.image_features = seq.pixel_values = None  # used once; free the memory
         return embeds
 
     def _prefill_rows(self, seqs: list[Sequence], embeds: dict[int, torch.Tensor]) -> None:
         """One right-padded forward over these prompts, then each one's first token."""
         lengths = [len(s.prompt_ids) for s in seqs]
-        batch = torch.zeros(len(seqs), max(lengths), self.model.config.llm.hidden_size, dtype=self.dtype,
-                            device=self.device)
+        batch = torch.zeros(len(seqs), max(lengths), self.model.config.llm.hidden_size,
+                            dtype=self.precision.prefill, device=self.device)
         for row, seq in enumerate(seqs):
             batch[row, :lengths[row]] = embeds[seq.id]
         slots = [s.slot for s in seqs]
@@ -201,9 +209,10 @@ class Engine:
             view = self.cache.prefill(slots, lengths)
             positions = (view.positions() if self.model.config.v2pe_stride is None
                          else self._v2pe_positions(seqs, lengths))
-            hidden = self.model.language_model(batch, positions, view.mask(), view)
+            with self._prefill_precision():
+                hidden = self.model.language_model(batch, positions, view.mask(), view)
             last = hidden[torch.arange(len(seqs), device=self.device), torch.tensor(lengths, device=self.device) - 1]
-            picked = self._sample(seqs, self.model.language_model.logits(last))
+            picked = self._sample(seqs, self.model.language_model.logits(last.to(self.dtype)))
         except BaseException:
             for slot in slots:  # nothing was stored: the slots are empty again, ready for a retry
                 self.cache.lengths[slot] = 0
@@ -233,6 +242,9 @@ class Engine:
                 self.cache.lengths[slot] = n
             raise
         self._advance(seqs, *picked)
+
+    def _prefill_precision(self):
+        return compute_in(self.precision.prefill, self.precision.weights)
 
     def _v2pe_positions(self, seqs: list[Sequence], lengths: list[int]) -> torch.Tensor:
         """V2PE positions of right-padded prompts; each request remembers how far its positions run ahead."""

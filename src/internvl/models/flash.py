@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ImageTokenMismatchError
+from ..precision import compute_dtype
 
 VIR_MODES = ("auto", "off", "always")
 POOLING_HEADS = 16
@@ -40,7 +41,7 @@ class CrossAttentionPooling(nn.Module):
             setattr(self, f"norm{i}", nn.LayerNorm(dim))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        kv = tokens.to(self.query_token.dtype)
+        kv = tokens.to(compute_dtype(self.query_token.dtype))
         out = self.query_token[None].expand(kv.shape[0], -1, -1)  # (T, 1, V)
         out = self.norm1(self.attn1(out, kv, kv, need_weights=False)[0])
         for _ in range(3):  # the official module reuses attn2/norm2: attn3/attn4 never run

@@ -9,6 +9,7 @@ training code truncates and zeroes the loss). A Flash config adds `mlp2`, `pooli
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..config import InternVLConfig
 from ..errors import ImageTokenMismatchError
+from ..precision import PrecisionPlan, compute_dtype, compute_in
 from .decoder import Decoder, KVCache, causal_mask
 from .flash import CrossAttentionPooling, Gating, ImageFeatures, TileFeatures, build_mlp2, resolve_vir, select
 from .projector import build_mlp1, pixel_shuffle, project
@@ -30,6 +32,9 @@ class ModelOutput:
 
 
 class InternVL(nn.Module):
+    # Inference only (the CLI and server set it): the dtype each phase computes in; None = the weights' dtype.
+    precision: PrecisionPlan | None = None
+
     def __init__(self, cfg: InternVLConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -66,11 +71,17 @@ class InternVL(nn.Module):
     def num_image_token(self) -> int:
         return self.config.num_image_token
 
+    def _vision_precision(self):
+        """The vision phase of `self.precision`: its ops computed in the plan's vision dtype."""
+        plan = self.precision
+        return contextlib.nullcontext() if plan is None else compute_in(plan.vision, plan.weights)
+
     def extract_feature(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Tiles (N, 3, S, S) -> image tokens (N, num_image_token, D_llm)."""
-        dtype = self.mlp1[1].weight.dtype
-        vit = self.vision_model(pixel_values.to(dtype), self.config.select_layer)
-        return project(vit[:, 1:], self.mlp1, self.config.downsample_ratio, self.config.ps_version)
+        with self._vision_precision():
+            dtype = compute_dtype(self.mlp1[1].weight.dtype)
+            vit = self.vision_model(pixel_values.to(dtype), self.config.select_layer)
+            return project(vit[:, 1:], self.mlp1, self.config.downsample_ratio, self.config.ps_version)
 
     def encode_tiles(self, pixel_values: torch.Tensor, mode: str = "off") -> TileFeatures:
         """Tiles (N, 3, S, S) -> what routing mode `mode` ("off", "always", "route"; see `flash.resolve_vir`)
@@ -79,8 +90,12 @@ class InternVL(nn.Module):
         ViT's last layer."""
         if mode == "off":
             return TileFeatures(self.extract_feature(pixel_values), None, None)
+        with self._vision_precision():
+            return self._encode_routed(pixel_values, mode)
+
+    def _encode_routed(self, pixel_values: torch.Tensor, mode: str) -> TileFeatures:
         cfg = self.config
-        vit = self.vision_model(pixel_values.to(self.mlp1[1].weight.dtype))[:, 1:]
+        vit = self.vision_model(pixel_values.to(compute_dtype(self.mlp1[1].weight.dtype)))[:, 1:]
         n, t, c = vit.shape
         side = int(t ** 0.5)
         grid = vit.reshape(n, side, side, c)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VisionConfig
+from ..precision import compute_dtype
 from .layers import RMSNorm
 
 
@@ -44,7 +45,7 @@ class VisionEmbeddings(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values (N, 3, H, W) -> tokens (N, 1 + H/p * W/p, C)."""
-        x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (N, C, h, w)
+        x = self.patch_embedding(pixel_values.to(compute_dtype(self.patch_embedding.weight.dtype)))  # (N, C, h, w)
         n, _, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)
         cls = self.class_embedding.to(x.dtype).expand(n, -1, -1)

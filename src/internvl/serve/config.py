@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from ..argtypes import DEVICE
 from ..errors import ConfigError
 from ..models.flash import VIR_MODES
+from ..precision import PRECISIONS
 from ..runtime import DTYPES
 from ..tiny import DEFAULT_MODEL  # the shipped tiny model, loaded without --model
 
@@ -25,7 +26,8 @@ class ServeConfig:
     port: int = 8000  # TCP port
     api_key: str | None = None  # require 'Authorization: Bearer KEY' on /v1/*
     served_model_name: str | None = None  # the id clients pass as `model` (default: the model path's last part)
-    dtype: str = "auto"  # auto (bf16 where the CPU has it, else fp32), bf16, fp32
+    dtype: str = "auto"  # auto (as --precision picks), or one dtype for every phase: bf16, fp32
+    precision: str = "auto"  # dtype per phase: auto (from the CPU, see internvl info --hardware), uniform, mixed
     device: str | None = None  # cpu or cuda (default: cuda when available)
     quantize: str = "none"  # none or int8 (weight-only, the LLM's linear layers)
     vir: str = "auto"  # InternVL3.5-Flash router: auto (as the config says), off (all tokens), always (compress all)
@@ -66,6 +68,8 @@ class ServeConfig:
             raise ConfigError(f"--max-len must be >= 2, got {self.max_len}")
         if self.vir not in VIR_MODES:
             raise ConfigError(f"--vir must be one of {', '.join(VIR_MODES)}, got {self.vir!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.quantize not in ("none", "int8"):
             raise ConfigError(f"--quantize must be none or int8, got {self.quantize!r}")
         if not 0 <= self.port <= 65535:
@@ -141,6 +145,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, choices=["none", "int8"], default=f.default, help=helps.get(f.name))
         elif f.name == "vir":
             parser.add_argument(flag, choices=VIR_MODES, default=f.default, help=helps.get(f.name))
+        elif f.name == "precision":
+            parser.add_argument(flag, choices=PRECISIONS, default=f.default, help=helps.get(f.name))
         elif f.name == "role":
             parser.add_argument(flag, choices=ROLES, default=f.default, help=helps.get(f.name))
         elif f.name == "vision_url":

@@ -33,17 +33,19 @@ def build_app(config: ServeConfig):
 
     from ..chat import from_pretrained
     from ..checkpoint.loader import LANGUAGE_PARTS, VISION_PARTS, load_model
-    from ..runtime import resolve_dtype
+    from ..precision import choose_plan
     from .app import create_app
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = resolve_dtype(config.dtype, device)
+    plan = choose_plan(device, config.dtype, config.precision)
     name = served_name(config)
     if config.role == "vision":  # the ViT and projector(s) only; no tokenizer, no LLM
         from .vision import create_vision_app
-        model, _, _ = load_model(config.model, dtype=dtype, device=device, parts=VISION_PARTS)
+        model, _, _ = load_model(config.model, dtype=plan.weights, device=device, parts=VISION_PARTS)
+        model.precision = plan
         return create_vision_app(model, config, name), name
     parts = LANGUAGE_PARTS if config.role == "language" else None
-    model, tokenizer = from_pretrained(config.model, dtype=dtype, device=device, parts=parts)
+    model, tokenizer = from_pretrained(config.model, dtype=plan.weights, device=device, parts=parts)
+    model.precision = plan
     if config.quantize == "int8":
         from ..quantize import quantize_int8
         quantize_int8(model)

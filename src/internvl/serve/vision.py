@@ -40,8 +40,9 @@ class Encoder(BackgroundThread):
     def __init__(self, model: InternVL, batch_tiles: int, vir: str = "auto") -> None:
         self.model, self.batch_tiles = model, batch_tiles
         self.mode = resolve_vir(model.config, vir)
-        param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        from ..precision import plan_of
+        # tiles go in the vision phase's dtype (the model computes its precision plan's vision phase)
+        self.device, self.dtype = next(model.parameters()).device, plan_of(model).vision
         self._cond = threading.Condition()
         self._inbox: list[tuple[torch.Tensor, asyncio.Future]] = []
         self._stopping = False

@@ -161,7 +161,7 @@ class Worker(BackgroundThread):
                 continue
             chunk = job.pixel_values[job.tiles_encoded:job.tiles_encoded + budget]
             try:
-                feats = self.engine.model.encode_tiles(chunk.to(self.engine.device, self.engine.dtype),
+                feats = self.engine.model.encode_tiles(chunk.to(self.engine.device, self.engine.precision.vision),
                                                        self.engine.vir)
             except Exception as e:
                 log.exception("image encoding failed")
