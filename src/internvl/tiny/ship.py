@@ -40,8 +40,9 @@ def _pct(x: float) -> str:
 
 def model_card(cfg, params: int, size_bytes: int, record: dict, summary: dict) -> str:
     v, llm = cfg.vision, cfg.llm
-    s2 = record.get("stage2", {})
-    s2_per_step = s2.get("seconds", 0.0) / max(1, int(s2.get("command", "--max-steps 1").split("--max-steps ")[1].split()[0]))
+    s2_words = record.get("stage2", {}).get("command", "").split()
+    s2_steps = int(s2_words[s2_words.index("--max-steps") + 1]) if "--max-steps" in s2_words else 0
+    pace = f"; stage 2 took {record['stage2']['seconds'] / s2_steps:.2f} s per step" if s2_steps else ""
     train_s = sum(record.get(k, {}).get("seconds", 0.0) for k in TRAIN_STEPS)
     rows = [f"| {c} | {r['n']} | {_pct(r['accuracy'])} | {_pct(summary['blind']['per_category'][c]['accuracy'])} |"
             for c, r in summary["per_category"].items()]
@@ -87,7 +88,7 @@ with fixed seeds; its steps:
 {steps}
 
 Training took {train_s / 60:.1f} minutes in all on {platform.machine()} with 2 CPU cores (tokenizer and data
-included); stage 2 took {s2_per_step:.2f} s per step.
+included){pace}.
 
 ## Accuracy
 
