@@ -1,0 +1,281 @@
+/* Decode-step matrix-vector products for the CPU: y (M, n) = x (M, k) W^T * scale + bias, M small.
+ *
+ * A decode step reads every weight once and does two flops per weight per activation row, so it is bound by
+ * memory bandwidth. The kernel streams a block of R weight rows once, converts them to fp32 in registers and
+ * multiplies them with all M activation rows (M <= 8 per pass), accumulating in fp32. Weights stay in the
+ * format the model holds them in: fp32, bf16, int8 with one fp32 scale per row, or int4 in groups of 32 with
+ * one bf16 scale per group.
+ *
+ * Written once with GCC/Clang vector extensions (16 floats per vector); build.py compiles it per instruction
+ * set (AVX-512, AVX2+FMA, or the compiler's baseline), so the same source serves every CPU. OpenMP splits the
+ * weight rows between threads; build.py links against the OpenMP runtime torch has already loaded, so both
+ * share one thread pool.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define VL 16
+#define MAX_M 8
+#define MAX_R 8
+/* Unaligned vector types: weights and activations come from torch tensors with no alignment promise. */
+typedef float vf __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int32_t vi __attribute__((vector_size(64), aligned(4), may_alias));
+typedef uint32_t vu __attribute__((vector_size(64), aligned(4), may_alias));
+typedef uint16_t vu16 __attribute__((vector_size(32), aligned(2), may_alias));
+typedef int8_t vi8 __attribute__((vector_size(16), aligned(1), may_alias));
+typedef uint8_t vu8 __attribute__((vector_size(16), aligned(1), may_alias));
+
+enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2, W_I4 = 3 };
+#define I4_GROUP 32
+
+/* One weight matrix (n out, k in); mirrored by gemv.py's `Mat`. */
+typedef struct {
+    int32_t fmt, n, k, pad_;
+    const void *w;          /* fp32/bf16/int8: (n, k) row-major; int4: (n, k / 2) bytes, see load_i4 */
+    const float *scale;     /* int8: (n,) */
+    const uint16_t *gscale; /* int4: (n, k / 32) bf16 */
+    const float *bias;      /* (n,) or NULL */
+} Mat;
+
+/* ---------------------------------------------------------------- conversions */
+
+static inline float bf16_to_f32(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Round to nearest even, as torch's float -> bfloat16 (NaN stays a quiet NaN). */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float hsum(vf v) {
+    float s = 0.f;
+    for (int i = 0; i < VL; i++) s += v[i];
+    return s;
+}
+
+static inline vf vload(const float *p) { return *(const vf *)p; }
+
+static inline vf load_bf16(const uint16_t *p) {
+    vu u = __builtin_convertvector(*(const vu16 *)p, vu) << 16;
+    return (vf)u;
+}
+
+static inline vf load_i8(const int8_t *p) { return __builtin_convertvector(*(const vi8 *)p, vf); }
+
+/* int4 group of 32 in 16 bytes: byte j holds element j in its low nibble and element 16 + j in its high
+ * nibble, each stored as q + 8 (0..15). */
+static inline void load_i4(const uint8_t *p, vf *lo, vf *hi) {
+    vu8 b = *(const vu8 *)p;
+    *lo = __builtin_convertvector(b & (uint8_t)0x0f, vf);
+    *hi = __builtin_convertvector(b >> 4, vf);
+}
+
+static inline float weight_at(const Mat *W, size_t row, int kk) {
+    switch (W->fmt) {
+    case W_F32: return ((const float *)W->w)[row * W->k + kk];
+    case W_BF16: return bf16_to_f32(((const uint16_t *)W->w)[row * W->k + kk]);
+    default: return (float)((const int8_t *)W->w)[row * W->k + kk];
+    }
+}
+
+/* ---------------------------------------------------------------- one block of R weight rows
+ * out[r][m] = dot(W[n0 + r], x[m]) for r < R, m < M: the R rows are read once for all M activation rows.
+ * Inlined with constant (M, R) so that the accumulators live in registers. */
+
+static inline __attribute__((always_inline)) void block_impl(const Mat *W, const int fmt, int n0, const float *x,
+                                                            int ldx, const int M, const int R,
+                                                            float out[MAX_R][MAX_M]) {
+    const int K = W->k;
+    vf acc[MAX_R][MAX_M];
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < M; m++) acc[r][m] = (vf){0};
+    int k = 0;
+    if (fmt == W_I4) {
+        const uint8_t *w = (const uint8_t *)W->w;
+        const int G = K / I4_GROUP;
+        for (int g = 0; g < G; g++, k += I4_GROUP) {
+            vf lo[MAX_R], hi[MAX_R];
+            for (int r = 0; r < R; r++) {
+                float s = bf16_to_f32(W->gscale[(size_t)(n0 + r) * G + g]);
+                load_i4(w + (size_t)(n0 + r) * (K / 2) + g * 16, &lo[r], &hi[r]);
+                lo[r] = (lo[r] - 8.f) * s;
+                hi[r] = (hi[r] - 8.f) * s;
+            }
+            for (int m = 0; m < M; m++) {
+                vf xl = vload(x + (size_t)m * ldx + k), xh = vload(x + (size_t)m * ldx + k + VL);
+                for (int r = 0; r < R; r++) acc[r][m] += lo[r] * xl + hi[r] * xh;
+            }
+        }
+    } else {
+        for (; k + VL <= K; k += VL) {
+            vf wv[MAX_R];
+            for (int r = 0; r < R; r++) {
+                size_t off = (size_t)(n0 + r) * K + k;
+                if (fmt == W_F32) wv[r] = vload((const float *)W->w + off);
+                else if (fmt == W_BF16) wv[r] = load_bf16((const uint16_t *)W->w + off);
+                else wv[r] = load_i8((const int8_t *)W->w + off);
+            }
+            for (int m = 0; m < M; m++) {
+                vf xv = vload(x + (size_t)m * ldx + k);
+                for (int r = 0; r < R; r++) acc[r][m] += wv[r] * xv;
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < M; m++) {
+            float s = hsum(acc[r][m]);
+            for (int kk = k; kk < K; kk++) s += weight_at(W, (size_t)(n0 + r), kk) * x[(size_t)m * ldx + kk];
+            out[r][m] = s;
+        }
+}
+
+/* Weight rows per block for M activation rows: enough independent streams and accumulators to hide
+ * latency, few enough that R weight vectors + R*M accumulators fit the vector registers. */
+static inline int rows_per_block(int M) {
+#if defined(__AVX512F__)
+    return M <= 1 ? 8 : M <= 2 ? 6 : M <= 4 ? 4 : 2;
+#else
+    return M <= 1 ? 4 : M <= 2 ? 3 : M <= 4 ? 2 : 1;
+#endif
+}
+
+#define DEFINE_BLOCK(NAME, FMT)                                                                              \
+    static void NAME(const Mat *W, int n0, const float *x, int ldx, int M, int R, float out[MAX_R][MAX_M]) { \
+        switch (M * 16 + R) {                                                                                \
+        case 16 + 8: block_impl(W, FMT, n0, x, ldx, 1, 8, out); break;                                       \
+        case 16 + 4: block_impl(W, FMT, n0, x, ldx, 1, 4, out); break;                                       \
+        case 32 + 6: block_impl(W, FMT, n0, x, ldx, 2, 6, out); break;                                       \
+        case 32 + 3: block_impl(W, FMT, n0, x, ldx, 2, 3, out); break;                                       \
+        case 48 + 4: block_impl(W, FMT, n0, x, ldx, 3, 4, out); break;                                       \
+        case 48 + 2: block_impl(W, FMT, n0, x, ldx, 3, 2, out); break;                                       \
+        case 64 + 4: block_impl(W, FMT, n0, x, ldx, 4, 4, out); break;                                       \
+        case 64 + 2: block_impl(W, FMT, n0, x, ldx, 4, 2, out); break;                                       \
+        case 80 + 2: block_impl(W, FMT, n0, x, ldx, 5, 2, out); break;                                       \
+        case 96 + 2: block_impl(W, FMT, n0, x, ldx, 6, 2, out); break;                                       \
+        case 112 + 2: block_impl(W, FMT, n0, x, ldx, 7, 2, out); break;                                      \
+        case 128 + 2: block_impl(W, FMT, n0, x, ldx, 8, 2, out); break;                                      \
+        case 80 + 1: block_impl(W, FMT, n0, x, ldx, 5, 1, out); break;                                       \
+        case 96 + 1: block_impl(W, FMT, n0, x, ldx, 6, 1, out); break;                                       \
+        case 112 + 1: block_impl(W, FMT, n0, x, ldx, 7, 1, out); break;                                      \
+        case 128 + 1: block_impl(W, FMT, n0, x, ldx, 8, 1, out); break;                                      \
+        default: block_impl(W, FMT, n0, x, ldx, M, R, out); break; /* the last, partial block */            \
+        }                                                                                                    \
+    }
+
+DEFINE_BLOCK(block_f32, W_F32)
+DEFINE_BLOCK(block_bf16, W_BF16)
+DEFINE_BLOCK(block_i8, W_I8)
+DEFINE_BLOCK(block_i4, W_I4)
+
+/* Output rows [r0, r1) for M <= 8 activation rows (fp32, row stride ldx), written to y (fp32 or bf16). */
+static void gemv_rows(const Mat *W, int r0, int r1, const float *x, int ldx, int M, void *y, int y_bf16, int ldy) {
+    const int R = rows_per_block(M);
+    float out[MAX_R][MAX_M];
+    for (int n = r0; n < r1; n += R) {
+        int rr = r1 - n < R ? r1 - n : R;
+        switch (W->fmt) {
+        case W_F32: block_f32(W, n, x, ldx, M, rr, out); break;
+        case W_BF16: block_bf16(W, n, x, ldx, M, rr, out); break;
+        case W_I8: block_i8(W, n, x, ldx, M, rr, out); break;
+        default: block_i4(W, n, x, ldx, M, rr, out); break;
+        }
+        for (int r = 0; r < rr; r++) {
+            float sc = W->fmt == W_I8 ? W->scale[n + r] : 1.f;
+            float b = W->bias ? W->bias[n + r] : 0.f;
+            for (int m = 0; m < M; m++) {
+                float v = out[r][m] * sc + b;
+                size_t i = (size_t)m * ldy + n + r;
+                if (y_bf16) ((uint16_t *)y)[i] = f32_to_bf16(v);
+                else ((float *)y)[i] = v;
+            }
+        }
+    }
+}
+
+/* The share [lo, hi) of n rows that thread t of nt computes (multiples of 8 rows, so blocks stay whole). */
+static inline void share(int n, int t, int nt, int *lo, int *hi) {
+    int64_t blocks = (n + 7) / 8;
+    *lo = (int)(blocks * t / nt) * 8;
+    *hi = (int)(blocks * (t + 1) / nt) * 8;
+    if (*hi > n) *hi = n;
+    if (*lo > n) *lo = n;
+}
+
+/* ---------------------------------------------------------------- entry points */
+
+/* y (M, n) = x (M, k) W^T * scale + bias for any M (passes of 8 rows).
+ * x: fp32 or bf16 (x_bf16), rows ldx elements apart, last dimension contiguous; y likewise (y_bf16, ldy).
+ * Returns 0, or -1 for arguments it cannot take (then y is untouched). */
+int iv_gemv(const Mat *W, int M, const void *x, int x_bf16, int ldx, void *y, int y_bf16, int ldy, int nthreads) {
+    if (W->fmt < W_F32 || W->fmt > W_I4 || M < 0 || W->n < 0 || W->k < 0 || ldx < W->k || ldy < W->n) return -1;
+    if (W->fmt == W_I4 && W->k % I4_GROUP) return -1;
+    const float *xf = (const float *)x;
+    float *tmp = NULL;
+    if (x_bf16) { /* activations to fp32 once, so the inner loop converts only weights */
+        tmp = (float *)malloc(sizeof(float) * ((size_t)M * W->k + 1));
+        if (!tmp) return -1;
+        for (int m = 0; m < M; m++)
+            for (int kk = 0; kk < W->k; kk++)
+                tmp[(size_t)m * W->k + kk] = bf16_to_f32(((const uint16_t *)x)[(size_t)m * ldx + kk]);
+        xf = tmp;
+        ldx = W->k;
+    }
+    const size_t yb = y_bf16 ? 2 : 4;
+    /* a fork/join costs microseconds: small products stay on the calling thread */
+    const int parallel = nthreads > 1 && (int64_t)W->n * W->k >= 65536;
+#pragma omp parallel num_threads(nthreads) if (parallel)
+    {
+        int t = 0, nt = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        int lo, hi;
+        share(W->n, t, nt, &lo, &hi);
+        for (int m0 = 0; m0 < M; m0 += MAX_M) {
+            int mm = M - m0 < MAX_M ? M - m0 : MAX_M;
+            gemv_rows(W, lo, hi, xf + (size_t)m0 * ldx, ldx, mm, (char *)y + (size_t)m0 * ldy * yb, y_bf16, ldy);
+        }
+    }
+    free(tmp);
+    return 0;
+}
+
+/* For the loader's checks: the struct layout it mirrors, and the threads a parallel region really gets. */
+int iv_sizeof_mat(void) { return (int)sizeof(Mat); }
+
+int iv_team_size(int nthreads) {
+    int got = 1;
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+#pragma omp single
+        got = omp_get_num_threads();
+#endif
+    }
+    return got;
+}
+
+/* Which instruction set this build was compiled for (the loader records it). */
+const char *iv_isa(void) {
+#if defined(__AVX512F__)
+    return "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+    return "avx2";
+#else
+    return "generic";
+#endif
+}
