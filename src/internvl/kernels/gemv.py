@@ -123,10 +123,11 @@ def int4_weight(packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | 
     return _describe(INT4, packed.detach(), k, gscale=scale.detach().contiguous(), bias=bias)
 
 
-def matmul(x: torch.Tensor, w: Weight) -> torch.Tensor:
+def matmul(x: torch.Tensor, w: Weight, lib: ctypes.CDLL | None = None) -> torch.Tensor:
     """x (..., k) fp32 or bf16 on CPU -> x W^T (* scale) + bias, (..., n) in x's dtype. Any number of rows
-    works (passes of 8); the kernel is meant for decode steps. Needs `library()`: callers check it first."""
-    lib = library()
+    works (passes of 8); the kernel is meant for decode steps. Runs `lib` (default: `library()`, which
+    callers check first)."""
+    lib = lib or library()
     if lib is None:
         raise RuntimeError("the decode kernels are not available")
     if x.dtype not in ACTIVATIONS or x.device.type != "cpu":
