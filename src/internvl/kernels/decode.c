@@ -27,6 +27,7 @@ typedef float vf __attribute__((vector_size(64), aligned(4), may_alias));
 typedef int32_t vi __attribute__((vector_size(64), aligned(4), may_alias));
 typedef uint32_t vu __attribute__((vector_size(64), aligned(4), may_alias));
 typedef uint16_t vu16 __attribute__((vector_size(32), aligned(2), may_alias));
+typedef int16_t vi16 __attribute__((vector_size(32), aligned(2), may_alias));
 typedef int8_t vi8 __attribute__((vector_size(16), aligned(1), may_alias));
 typedef uint8_t vu8 __attribute__((vector_size(16), aligned(1), may_alias));
 
@@ -73,13 +74,18 @@ static inline vf load_bf16(const uint16_t *p) {
     return (vf)u;
 }
 
-static inline vf load_i8(const int8_t *p) { return __builtin_convertvector(*(const vi8 *)p, vf); }
+/* Bytes -> float by widening steps (8 -> 16 -> 32 bits, then one conversion): converting in one step makes
+ * GCC 12 emit a scalar conversion per element. */
+static inline vf load_i8(const int8_t *p) {
+    vi i = __builtin_convertvector(__builtin_convertvector(*(const vi8 *)p, vi16), vi);
+    return __builtin_convertvector(i, vf);
+}
 
 /* int4 group of 32 in 16 bytes: byte j holds element j in its low nibble and element 16 + j in its high
  * nibble, each stored as q + 8 (0..15). */
 static inline void load_i4(const uint8_t *p, vf *lo, vf *hi) {
-    vu8 b = *(const vu8 *)p;
-    *lo = __builtin_convertvector(b & (uint8_t)0x0f, vf);
+    vi b = __builtin_convertvector(__builtin_convertvector(*(const vu8 *)p, vi16), vi);
+    *lo = __builtin_convertvector(b & 0x0f, vf);
     *hi = __builtin_convertvector(b >> 4, vf);
 }
 
