@@ -149,23 +149,26 @@ def test_linear_uses_the_kernel_only_in_decode_steps_without_autograd(lib, monke
     calls = count_kernel_calls(monkeypatch)
     layer = nn.Linear(40, 24).to(torch.bfloat16)
     q8 = Int8Linear.from_linear(layer)
-    x = torch.randn(2, 1, 40).to(torch.bfloat16)
+    x = torch.randn(1, 1, 40).to(torch.bfloat16)
+    x8 = torch.randn(8, 40).to(torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(linear(x, layer), layer(x))  # no decode context: the module itself
-        with decode_kernels(rows=2, dtype=torch.bfloat16, device="cpu") as on:
+        with decode_kernels(rows=8, dtype=torch.bfloat16, device="cpu") as on:
             assert on
             y, y8 = linear(x, layer), linear(x, q8)
-            assert y.shape == y8.shape == (2, 1, 24)
-            linear(torch.randn(9, 40).to(torch.bfloat16), layer)  # more rows than a pass: torch
-            linear(x.float(), nn.Linear(40, 24))  # fp32 too
+            assert y.shape == y8.shape == (1, 1, 24)
+            linear(x8, q8)  # int8: up to 8 rows
+            linear(x8[:2], layer)  # bf16 and fp32 weights: one row only (DENSE_MAX_ROWS)
+            linear(torch.randn(9, 40).to(torch.bfloat16), q8)  # more rows than a pass: torch
+            linear(x.float(), nn.Linear(40, 24))  # fp32 weights
             linear(x.half(), nn.Linear(40, 24).half())  # fp16: torch
         with decode_kernels(rows=9, dtype=torch.bfloat16, device="cpu") as on:
             assert not on
-    assert calls == [(2, 1, 40), (2, 1, 40), (2, 1, 40)]
+    assert calls == [(1, 1, 40), (1, 1, 40), (8, 40), (1, 1, 40)]
     with decode_kernels(rows=1, dtype=torch.float32, device="cpu"):  # autograd on: torch
         out = linear(torch.randn(1, 40, requires_grad=True), nn.Linear(40, 24))
         assert out.requires_grad
-    assert len(calls) == 3
+    assert len(calls) == 4
     torch.testing.assert_close(y.float(), layer(x).float(), rtol=2 ** -7, atol=1e-2)
 
 
@@ -225,7 +228,8 @@ def test_greedy_tokens_equal_with_kernels_on_and_off(lib, monkeypatch, dtype, in
     on_logits, off_logits = [], []
     on = greedy(model, on_logits)
     layers = 7 * model.config.llm.num_hidden_layers + 1
-    assert len(calls) >= layers * 7 and {c[0] for c in calls} == {1, 2, 3, 4}  # every decode step, every layer
+    assert {c[0] for c in calls} == ({1, 2, 3, 4} if int8 else {1})  # rows per decode step (DENSE_MAX_ROWS)
+    assert len(calls) >= layers * (7 if int8 else 2)  # every layer in every step the kernel takes
     monkeypatch.setattr(gemv, "available", lambda: False)
     off = greedy(copy.deepcopy(model), off_logits)
     top2 = [x.topk(2, dim=-1).values for x in off_logits]

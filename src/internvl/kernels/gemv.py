@@ -1,10 +1,11 @@
 """Decode-step linear layers through decode.c: weights described once, then one C call per product.
 
 `linear(x, layer)` is what the decoder's projections call. Inside `decode_kernels(rows, dtype, device)` (the
-engine's decode step enters it through `runtime.matmul_mode`), with at most `MAX_ROWS` token rows on CPU,
-no autograd, and a layer the kernels take (`nn.Linear` with fp32/bf16 weights, `quantize.Int8Linear`, or an
-`nn.Embedding` used as a tied LM head), it runs the kernel; everywhere else, and whenever the kernels are
-unavailable, it is exactly `layer(x)` (`F.linear(x, embedding.weight)` for the tied head).
+engine's decode step enters it through `runtime.matmul_mode`), on CPU, without autograd, for a layer the
+kernels take (`nn.Linear` with fp32/bf16 weights, `quantize.Int8Linear`, or an `nn.Embedding` used as a tied
+LM head) and few enough token rows (DENSE_MAX_ROWS, INT8_MAX_ROWS: where the kernel measured faster), it runs
+the kernel; everywhere else, and whenever the kernels are unavailable, it is exactly `layer(x)`
+(`F.linear(x, embedding.weight)` for the tied head).
 
 The kernel reads the weights where they are, in their own format, and accumulates in fp32; activations and
 outputs stay in x's dtype (a bf16 output is rounded once, to nearest even, like torch's). A layer's
@@ -29,6 +30,12 @@ from ..quantize import Int8Linear
 from .build import Mat, library
 
 MAX_ROWS = 8  # one weight pass serves up to 8 activation rows; decode batches are at most max_batch (8)
+# Where the kernel runs, by measurement (benchmarks/bench_kernels.py, Zen 4, 2 threads, quiet): int8 weights at
+# every row count (1 row: 1.0-1.3x torch's int8pack GEMV; 8 rows: 1.2-3.7x, torch dequantizes first); fp32/bf16
+# weights at 1 row only (on par with torch's GEMV, both at the read bandwidth); at 8 rows oneDNN's bf16 GEMM,
+# which multiplies bf16 natively, is 1.3-1.5x faster than this kernel's fp32 FMAs.
+DENSE_MAX_ROWS = 1
+INT8_MAX_ROWS = MAX_ROWS
 FORMATS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 INT4 = 3
 ACTIVATIONS = (torch.float32, torch.bfloat16)
@@ -185,8 +192,8 @@ def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """`layer(x)`, by the decode kernel where it applies (see the module docstring). An `nn.Embedding` stands
     for a tied LM head: `F.linear(x, layer.weight)`."""
     if _active.get() and x.dtype in ACTIVATIONS and x.device.type == "cpu" and not torch.is_grad_enabled():
-        w = _weight_of(layer, x)
-        if w is not None and x.numel() // max(x.shape[-1], 1) <= MAX_ROWS:
+        limit = INT8_MAX_ROWS if type(layer) is Int8Linear else DENSE_MAX_ROWS
+        if x.numel() // max(x.shape[-1], 1) <= limit and (w := _weight_of(layer, x)) is not None:
             return matmul(x, w)
     return F.linear(x, layer.weight) if isinstance(layer, nn.Embedding) else layer(x)
 
