@@ -1,7 +1,7 @@
 """Compile decode.c on first use with the system C compiler, cache the library per user, load it with ctypes.
 
-The library is built for the CPU this process runs on (AVX-512, AVX2+FMA, or the compiler's baseline, chosen
-from /proc/cpuinfo) and cached under `~/.cache/internvl/kernels` (or `$XDG_CACHE_HOME`, or
+The library is built for the CPU this process runs on (AVX-512 with or without BF16, AVX2+FMA, or the
+compiler's baseline, chosen from /proc/cpuinfo) and cached under `~/.cache/internvl/kernels` (or `$XDG_CACHE_HOME`, or
 `$INTERNVL_KERNELS_CACHE`) in a file named by the hash of the source, the instruction-set flags and the
 compiler's identity, so a changed source or compiler builds anew and every process after the first loads it in
 milliseconds. Builds go to a temporary name and are renamed into place, so concurrent processes never see a
@@ -33,7 +33,9 @@ SWITCH = "INTERNVL_KERNELS"  # "0" turns the kernels off
 CACHE_ENV = "INTERNVL_KERNELS_CACHE"
 BUILD_TIMEOUT_S = 900  # a slow, busy machine needs minutes for the baseline build
 
-ISA_FLAGS = {  # name -> (cpuinfo flags it needs, compiler flags)
+ISA_FLAGS = {  # name -> (cpuinfo flags it needs, compiler flags); the first the CPU has is built
+    "avx512bf16": ({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "avx2", "fma"},
+                   ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mavx2", "-mfma"]),
     "avx512": ({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma"},
                ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"]),
     "avx2": ({"avx2", "fma"}, ["-mavx2", "-mfma"]),
