@@ -30,10 +30,10 @@ from ..quantize import Int8Linear
 from .build import Mat, library
 
 MAX_ROWS = 8  # one weight pass serves up to 8 activation rows; decode batches are at most max_batch (8)
-# Where the kernel runs, by measurement (benchmarks/bench_kernels.py, Zen 4, 2 threads, quiet): int8 weights at
-# every row count (1 row: 1.0-1.3x torch's int8pack GEMV; 8 rows: 1.2-3.7x, torch dequantizes first); fp32/bf16
-# weights at 1 row only (on par with torch's GEMV, both at the read bandwidth); at 8 rows oneDNN's bf16 GEMM,
-# which multiplies bf16 natively, is 1.3-1.5x faster than this kernel's fp32 FMAs.
+# Where the kernel runs, by measurement (benchmarks/bench_kernels.py, Zen 4, 2 threads, preliminary): int8 weights
+# at every row count (1 row: 1.0-1.3x torch's int8pack GEMV; 8 rows: 1.2-5.7x, torch dequantizes first);
+# fp32/bf16 weights at 1 row only (on par with torch's GEMV, both at the read bandwidth). At 8 rows oneDNN's
+# bf16 GEMM is on par with the AVX512-BF16 build (0.96-1.2x) and 1.3-1.5x faster than the fp32-FMA builds.
 DENSE_MAX_ROWS = 1
 INT8_MAX_ROWS = MAX_ROWS
 FORMATS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
