@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     if lib is None:
         raise SystemExit("the decode kernels are unavailable here (see the warning above)")
     r = {"machine": C.machine_info(), "contention_start": C.cpu_contention(), "kernel_isa": lib.iv_isa().decode(),
-         "team_size": lib.iv_team_size(torch.get_num_threads()),
+         "team_size": lib.iv_team_size(torch.get_num_threads()), "openmp_runtime": build.openmp_runtime(lib),
          "bandwidth": C.memory_bandwidth(gib=0.5, repeat=3), "cases": []}
     for name, (n, k) in SHAPES.items():
         for fmt in ("bf16", "int8"):

@@ -137,9 +137,26 @@ def load(path: Path) -> ctypes.CDLL:
     lib.iv_team_size.argtypes = [ctypes.c_int]
     lib.iv_team_size.restype = ctypes.c_int
     lib.iv_isa.restype = ctypes.c_char_p
+    lib.iv_openmp_entry.restype = ctypes.c_void_p
     if lib.iv_sizeof_mat() != ctypes.sizeof(Mat):
         raise BuildError(f"{path.name}: its Mat has {lib.iv_sizeof_mat()} bytes, ours {ctypes.sizeof(Mat)}")
     return lib
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p), ("dli_sname", ctypes.c_char_p),
+                ("dli_saddr", ctypes.c_void_p)]
+
+
+def openmp_runtime(lib: ctypes.CDLL) -> str | None:
+    """The file of the OpenMP runtime `lib` runs on (torch's own, when the loader bound them), or None."""
+    entry = lib.iv_openmp_entry()
+    if not entry:
+        return None
+    info = _DlInfo()
+    if not ctypes.CDLL(None).dladdr(ctypes.c_void_p(entry), ctypes.byref(info)) or not info.dli_fname:
+        return None
+    return os.path.realpath(info.dli_fname.decode())
 
 
 _lock = threading.Lock()

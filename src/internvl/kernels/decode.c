@@ -364,6 +364,16 @@ int iv_team_size(int nthreads) {
     return got;
 }
 
+/* An OpenMP runtime function as this library resolved it (NULL without OpenMP): the loader maps it to the
+ * file it lives in, to check that the kernels share torch's runtime. */
+void *iv_openmp_entry(void) {
+#ifdef _OPENMP
+    return (void *)&omp_get_num_threads;
+#else
+    return 0;
+#endif
+}
+
 /* Which instruction set this build was compiled for (the loader records it). */
 const char *iv_isa(void) {
 #if defined(DOT_BF16)
