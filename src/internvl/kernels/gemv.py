@@ -31,7 +31,7 @@ from .build import Mat, library
 
 MAX_ROWS = 8  # one weight pass serves up to 8 activation rows; decode batches are at most max_batch (8)
 # Where the kernel runs, by measurement (benchmarks/bench_kernels.py, Zen 4, 2 threads, preliminary): int8 weights
-# at every row count (1 row: 1.0-1.3x torch's int8pack GEMV; 8 rows: 1.2-5.7x, torch dequantizes first);
+# at every row count (1 row: 0.86-1.34x torch's int8pack GEMV, on par; 8 rows: 1.2-5.7x, torch dequantizes first);
 # fp32/bf16 weights at 1 row only (on par with torch's GEMV, both at the read bandwidth). At 8 rows oneDNN's
 # bf16 GEMM is on par with the AVX512-BF16 build (0.96-1.2x) and 1.3-1.5x faster than the fp32-FMA builds.
 DENSE_MAX_ROWS = 1
