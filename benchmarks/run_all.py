@@ -6,7 +6,7 @@
 --emulate-avx2 adds the inference benchmark once more as an AVX2-only CPU (emulated on an AVX-512 machine:
 `bench_inference --as-cpu avx2`; results/inference_avx2.json), so one run reports both CPU kinds.
 
-Writes benchmarks/results/{preprocess,inference,summary}.json and prints every table. About 10 minutes on a
+Writes benchmarks/results/{preprocess,inference,kernels,summary}.json and prints every table. About 10 minutes on a
 quiet 2-core machine (--quick: about 6). On a shared machine the numbers are only as good as the machine is
 quiet: every result file records the CPU contention seen at its start and end, and --wait-quiet waits (up to
 the given time) for other processes to leave the CPUs idle before starting.
@@ -22,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_inference, bench_preprocess  # noqa: E402
+from benchmarks import bench_inference, bench_kernels, bench_preprocess  # noqa: E402
 from benchmarks import common as C  # noqa: E402
 
 
@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> dict:
         print()
         avx2 = bench_inference.main(inf_args + wait + ["--as-cpu", "avx2"])
         kinds[avx2["machine"]["cpu_kind"]] = avx2
+    print()
+    try:  # the decode GEMV kernels against the PyTorch path (about a minute)
+        kernels = bench_kernels.main(["--repeat", "2" if args.quick else "3"])["cases"]
+    except SystemExit as e:  # no C compiler here: the kernels are off, and so is their section
+        C.log(f"skipping the kernels section: {e}")
+        kernels = []
 
     rows = []
     for kind, r in kinds.items():
@@ -76,6 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
                   ["target", "measured", "wanted", "met"], rows))
     summary = {"machine": inf["machine"], "cpu_kinds": list(kinds), "contention_before": quiet,
                "targets": {r[0]: r[1:] for r in rows},
+               "kernels_gemv": {f"{c['shape']} {c['weights']} rows={c['rows']}": {
+                   "ours_gbps": c["ours_gbps"], "torch_gbps": c["torch_gbps"], "speedup": c["speedup"]}
+                   for c in kernels},
                "wall_s": time.perf_counter() - t0}
     path = C.write_results("summary", summary)
     print(f"\nwrote {path} [suite {summary['wall_s']:.0f}s]")

@@ -65,8 +65,9 @@ class Int8Linear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         scale = self.scale if self.scale.dtype == x.dtype else self.scale.to(x.dtype)
+        # in_features % 16: torch 2.13's int8pack kernel crashes (reads out of bounds) for widths like 72 or 40
         if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x2.shape[0] <= PACK_MAX_ROWS
-                and hasattr(torch, "_weight_int8pack_mm")):
+                and self.in_features % 16 == 0 and hasattr(torch, "_weight_int8pack_mm")):
             y = torch._weight_int8pack_mm(x2.contiguous(), self.qweight, scale)
         elif x.dtype == torch.float16:
             y = F.linear(x2, self.qweight.to(x.dtype) * scale[:, None])

@@ -52,7 +52,16 @@ GEMV_MAX_ROWS = 1
 
 @contextlib.contextmanager
 def matmul_mode(rows: int, dtype: torch.dtype, device: torch.device | str) -> Iterator[None]:
-    """The matmul backend for a forward over `rows` token rows (a decode step): see GEMV_MAX_ROWS."""
+    """The matmul backends for a forward over `rows` token rows (a decode step): the decoder's linear layers
+    through `internvl.kernels` where they apply, the other matmuls as GEMV_MAX_ROWS says."""
+    from .kernels import decode_kernels  # compiled on first use: only a decode step should pay for it
+
+    with decode_kernels(rows, dtype, device), _gemv_mode(rows, dtype, device):
+        yield
+
+
+@contextlib.contextmanager
+def _gemv_mode(rows: int, dtype: torch.dtype, device: torch.device | str) -> Iterator[None]:
     if not (rows <= GEMV_MAX_ROWS and dtype == torch.bfloat16 and torch.device(device).type == "cpu"):
         yield
         return

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import LLMConfig
+from ..kernels import linear
 from .gpt_oss import GptOssMoE
 from .layers import RMSNorm, RotaryEmbedding, Segments, SwiGLU, apply_rotary, attention, sink_attention
 from .moe import SparseMoE
@@ -52,9 +52,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q = linear(x, self.q_proj).view(b, t, self.n_heads, self.head_dim)
+        k = linear(x, self.k_proj).view(b, t, self.n_kv, self.head_dim)
+        v = linear(x, self.v_proj).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # (B, H, T, D)
@@ -65,7 +65,7 @@ class Attention(nn.Module):
                 k, v = cache.update(self.layer_idx, k, v)
             # causal only matters when queries see no past: with a cache and t > 1, causal_mask built one
             out = attention(q, k, v, mask, is_causal=t > 1 and k.shape[2] == t)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        return linear(out.transpose(1, 2).reshape(b, t, -1), self.o_proj)
 
     def _attend_with_sinks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            mask: torch.Tensor | Segments | None, cache: KVCache | None) -> torch.Tensor:
@@ -119,11 +119,8 @@ class Decoder(nn.Module):
         self.gradient_checkpointing = False
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.lm_head is not None:
-            return self.lm_head(hidden)
-        if self.tied_head is not None:
-            return self.tied_head(hidden)
-        return F.linear(hidden, self.embed_tokens.weight)
+        head = self.lm_head if self.lm_head is not None else self.tied_head
+        return linear(hidden, head if head is not None else self.embed_tokens)  # the embedding: a tied head
 
     def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> torch.Tensor:
