@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from . import DEFAULT_MODEL
+from .recipe import cli as _cli
 from .recipe import run_step
 
 TOKEN_CUT, MAX_LOSS = 0.40, 0.02
@@ -43,10 +44,6 @@ CONSISTENCY = ["--freeze-backbone", "--lr", "2e-4", "--per-device-batch-size", "
 # A small lr: Adam's first steps at 1e-3 swung the fresh router past the labels in a smoke run.
 ROUTER = ["--lr", "1e-4", "--per-device-batch-size", "8", "--router-percentile", "60", "--router-window", "512",
           "--flash-relative-threshold", "0.0", "--flash-absolute-threshold", "0.5"]
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "internvl", *args]
 
 
 def _train(model: str, out: Path, steps: int, meta: Path, extra: list[str]) -> list[str]:

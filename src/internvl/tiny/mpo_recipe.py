@@ -32,6 +32,7 @@ from pathlib import Path
 from . import DEFAULT_MODEL
 from .preference import NAME
 from .world import QUESTION_TYPES
+from .recipe import cli as _cli
 
 EVAL_N = 500
 TARGET_GAIN, MAX_TYPE_LOSS, BUDGET_MINUTES = 0.05, 0.02, 30.0
@@ -44,10 +45,6 @@ EPOCHS, BATCH = 2, 16
 MPO = ["--lr", "5e-5", "--warmup-ratio", "0.05", "--per-device-batch-size", str(BATCH), "--packed",
        "--max-packed-tokens", "2048", "--bf16", "--precompute-ref", "--num-workers", "1", "--seed", "0",
        "--save-total-limit", "1", "--no-progress", "--log-steps", "5"]
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "internvl", *args]
 
 
 def mpo_steps(meta: Path) -> int:

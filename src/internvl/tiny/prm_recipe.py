@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from . import DEFAULT_MODEL, PRM_DIR
+from .recipe import cli as _cli
 from .recipe import run_step
 
 STEP_EXAMPLES = 10_000
@@ -46,10 +47,6 @@ COMMON = ["--per-device-batch-size", "16", "--packed", "--bf16", "--num-workers"
 # ~120 text tokens), and neither the step format nor the +/- verdicts need new visual features.
 POLICY = ["--stage", "2", "--freeze-backbone", "--lr", "3e-4", "--max-packed-tokens", "2048", "--save-steps", "50"]
 PRM = ["--stage", "2", "--freeze-backbone", "--lr", "2e-4", "--max-packed-tokens", "4096", "--save-steps", "50"]
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "internvl", *args]
 
 
 def _done(run_dir: Path, steps: int) -> bool:

@@ -55,7 +55,8 @@ STAGE2 = ["--stage", "2", "--freeze-backbone", "--lr", "5e-4", "--max-steps", "5
           "--min-lr-ratio", "0.05", "--save-steps", "500", "--packed", "--max-packed-tokens", "4096"]
 
 
-def _cli(*args: str) -> list[str]:
+def cli(*args: str) -> list[str]:
+    """An `internvl` command line run with this interpreter."""
     return [sys.executable, "-m", "internvl", *args]
 
 
@@ -73,7 +74,7 @@ def plan(work: Path) -> list[tuple[str, list[str], bool]]:
 
     def train(model: str, extra: list[str], meta: Path, out: Path, stage_args: list[str]) -> list[str]:
         resume = ["--resume"] if out.exists() and any(out.glob("checkpoint-*")) else []
-        return _cli("train", "--model", model, *extra, "--meta-path", str(meta), "--output-dir", str(out),
+        return cli("train", "--model", model, *extra, "--meta-path", str(meta), "--output-dir", str(out),
                     *stage_args, *COMMON, *resume)
 
     return [
@@ -88,7 +89,7 @@ def plan(work: Path) -> list[tuple[str, list[str], bool]]:
          _done(s0, _steps(STAGE0))),
         ("stage2", train(str(s0 / f"checkpoint-{_steps(STAGE0)}"), [], data / "stage2_meta.json", s2, STAGE2),
          _done(s2, _steps(STAGE2))),
-        ("eval", _cli("eval", "shapes", "--model", str(s2 / f"checkpoint-{_steps(STAGE2)}"), "--n",
+        ("eval", cli("eval", "shapes", "--model", str(s2 / f"checkpoint-{_steps(STAGE2)}"), "--n",
                       str(EVAL_EXAMPLES), "--out", str(work / "eval")), (work / "eval" / "summary.json").exists()),
     ]
 
