@@ -82,5 +82,10 @@ def test_types_keeps_only_those_question_types_from_fresh_seeds(tmp_path, capsys
     assert seeds == [70, 76, 77, 83, 84]  # 70 % 7 == 0 (count_shape), 76 % 7 == 6 (compare), ...
     assert all(make_example(s).qtype in ("count_shape", "compare") for s in seeds)
     assert "compare 2, count_shape 3" in capsys.readouterr().out
+    before = (tmp_path / "counting.jsonl").read_bytes()
     with pytest.raises(ConfigError, match="unknown question types"):
-        dataset.export(tmp_path, n=2, types=("count_triangles",))
+        dataset.export(tmp_path, n=2, name="counting", types=("count_triangles",))
+    assert (tmp_path / "counting.jsonl").read_bytes() == before  # a bad request leaves the old data alone
+    with pytest.raises(SystemExit) as exit_:
+        dataset.main(["--out", str(tmp_path), "--n", "2", "--types", "count_triangles", "--name", "counting"])
+    assert exit_.value.code == 2 and "unknown question types" in capsys.readouterr().err

@@ -63,6 +63,7 @@ def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", 
         types: Only these question types: the first n seeds from `seed` on whose type is one of them
             (`seed % 7` picks the type, so they share the n examples equally, +-1).
     """
+    chosen = _examples(split, n, seed, types)  # before any file is opened: bad types must not truncate old data
     name = name or f"shapes_{split}"
     out = Path(out).resolve()
     images = out / "images"
@@ -72,7 +73,7 @@ def export(out: str | os.PathLike, n: int, seed: int = 0, split: str = "train", 
     with open(annotation, "w", encoding="utf-8") as f, ExitStack() as stack:
         g = stack.enter_context(open(described, "w", encoding="utf-8")) if describe else None
         h = stack.enter_context(open(grounded, "w", encoding="utf-8")) if ground else None
-        for example in _examples(split, n, seed, types):
+        for example in chosen:
             stem = f"{split}-{example.seed:09d}"
             rendered = example.images()
             names = [f"{stem}.png"] if len(rendered) == 1 else [f"{stem}-{i + 1}.png" for i in range(len(rendered))]
@@ -147,7 +148,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated question types to keep (e.g. count_shape,compare); default all")
     args = parser.parse_args(argv)
     types = tuple(t.strip() for t in args.types.split(",")) if args.types else None
-    meta_path = export(args.out, args.n, args.seed, args.split, args.name, args.describe, args.ground, types)
+    try:
+        meta_path = export(args.out, args.n, args.seed, args.split, args.name, args.describe, args.ground, types)
+    except ConfigError as e:
+        parser.error(str(e))
     entry = next(iter(json.loads(meta_path.read_text()).values()))
     counts = type_counts(entry["annotation"])
     print(f"wrote {args.n} examples to {args.out}; meta {meta_path}")
