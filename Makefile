@@ -46,7 +46,7 @@ TINY_MPO_WORK ?= scratch/tiny-mpo
 tiny-mpo: $(STAMP)
 	$(BIN)/python -m internvl.tiny.mpo_recipe --model $(TINY_MPO_MODEL) --work $(TINY_MPO_WORK)
 
-# train the tiny process reward model for a tiny policy and ship it to src/internvl/tiny/prm (hours on 2 busy
+# train the tiny process reward model for a tiny policy and ship it to src/internvl/tiny/prm (about an hour on 2
 # cores): step-wise fine-tuning of the policy, Monte Carlo PRM data, PRM training, Best-of-N evaluation.
 # A policy that already answers step by step: make tiny-prm POLICY=DIR PRM_ARGS="--policy-steps 0"
 POLICY ?= src/internvl/tiny/model

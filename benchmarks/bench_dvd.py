@@ -82,12 +82,51 @@ def run_load(base: str, images: list[str], clients: int, max_tokens: int) -> dic
             "latency_p50_s": statistics.median(latencies), "latency_max_s": max(latencies)}
 
 
+def tiles_of(uri: str, config):
+    """The tiles the servers cut from a data-URI image (what a language server sends the vision server)."""
+    import base64
+
+    from internvl.processing.image import load_question_images
+    return load_question_images([base64.b64decode(uri.split(",", 1)[1])], config)[0]
+
+
 def metric(base: str, name: str) -> float | None:
     import httpx
     for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
         if line.startswith(f"internvl_{name} "):
             return float(line.split()[1])
     return None
+
+
+def timed_post(url: str, repeat: int = 3, **kw) -> float:
+    """Median seconds of `repeat` identical POSTs (one at a time, nothing else in flight)."""
+    import httpx
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        httpx.post(url, timeout=3600, **kw).raise_for_status()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def stage_costs(base: str, vision: str | None, image: str, tiles, max_tokens: int) -> dict:
+    """One request alone on an idle server, stage by stage: the vision server's encode of its tiles (DvD
+    modes), the time to one answer token (vision + prefill, over the wire in DvD) and per further token
+    (decode at batch 1). What the multi-machine analysis in docs/dvd.md builds on."""
+    from internvl.serve.wire import ENCODE_PATH, MEDIA_TYPE, pack_tiles
+
+    def chat(tokens: int) -> dict:
+        return {"json": {"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "Describe it."}]}],
+            "max_tokens": tokens, "temperature": 0}}
+    first = timed_post(base + "/v1/chat/completions", **chat(1))
+    full = timed_post(base + "/v1/chat/completions", **chat(max_tokens))
+    out = {"first_token_s": first, "decode_s_per_token": (full - first) / max(1, max_tokens - 1)}
+    if vision is not None:
+        out["vision_encode_s"] = timed_post(vision + ENCODE_PATH, content=pack_tiles(tiles.bfloat16()),
+                                            headers={"Content-Type": MEDIA_TYPE})
+        out["prefill_and_transfer_s"] = first - out["vision_encode_s"]
+    return out
 
 
 def run_mode(mode: str, ckpt: Path, args, images: list[str]) -> dict:
@@ -104,13 +143,18 @@ def run_mode(mode: str, ckpt: Path, args, images: list[str]) -> dict:
             proc, base = S.start(serving)
         procs.append(proc)
         run_load(base, images[:2], 2, 2)  # warm-up: first-call costs out of the numbers
+        stages = stage_costs(base, vision, images[0], args.tiles_tensor, args.max_tokens) if args.stages else None
         meter = S.ServersLoad([p.pid for p in procs]).start()
         result = run_load(base, images[2:], args.clients, args.max_tokens)
         result["other_load"] = meter.stop()
+        if stages is not None:
+            result["stages"] = stages
         if vision is not None:
             batches, tiles = metric(vision, "encode_batches_total"), metric(vision, "encoded_tiles_total")
             result["vision_tiles_per_forward"] = tiles / batches if batches else None
         return result
+    except Exception as e:  # a server that failed says why (its log), not only the client's status code
+        raise RuntimeError(f"{mode}: {e}\n" + "\n".join(S.log_tail(p) for p in procs)) from e
     finally:
         S.stop(procs)
 
@@ -125,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS")
+    ap.add_argument("--no-stages", dest="stages", action="store_false",
+                    help="skip the per-stage costs (one request alone, before each load)")
     ap.add_argument("--smoke", action="store_true", help="tiny-random weights, 4 requests: the plumbing only")
     ap.add_argument("--out", default=None, help="results file (default benchmarks/results/dvd.json; "
                                                 "--smoke writes nothing unless given)")
@@ -139,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     from internvl.presets import PRESETS
     size = PRESETS[args.preset].config.image_size
     images = [image_uri(i, args.tiles, size) for i in range(args.requests + 2)]
+    args.tiles_tensor = tiles_of(images[0], PRESETS[args.preset].config)
     t_start = time.perf_counter()
     results = {}
     with tempfile.TemporaryDirectory(prefix="internvl_bench_dvd_") as tmp:
@@ -162,6 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
                   ["mode", "req/s", "x mono", "p50 s", "max s", "tiles/forward", "other"],
                   [[m, r["requests_per_s"], r["vs_mono"], r["latency_p50_s"], r["latency_max_s"],
                     r.get("vision_tiles_per_forward"), r["other_load"]] for m, r in results.items()]))
+    for m, r in results.items():
+        if "stages" in r:
+            print(f"  {m:>9} alone: " + ", ".join(f"{k} {v:.3f}" for k, v in r["stages"].items()))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
         C.log(f"wrote {args.out}")

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,7 +66,10 @@ def start(args: list[str], timeout: float = 600.0) -> tuple[subprocess.Popen, st
     import httpx
     port = free_port()
     cmd = [sys.executable, "-m", "internvl", "serve", "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the server's own log goes to a file, so a server that fails mid-benchmark can say why (`log_tail`)
+    log = tempfile.NamedTemporaryFile("w+b", prefix=f"internvl_serve_{port}_", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log.name
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:
@@ -76,8 +80,17 @@ def start(args: list[str], timeout: float = 600.0) -> tuple[subprocess.Popen, st
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             stop([proc])
-            raise RuntimeError(f"the server did not start: {' '.join(cmd)}")
+            raise RuntimeError(f"the server did not start: {' '.join(cmd)}\n{log_tail(proc)}")
         time.sleep(0.2)
+
+
+def log_tail(proc: subprocess.Popen, lines: int = 20) -> str:
+    """The last lines of a server's log (what it said before a failure)."""
+    try:
+        text = Path(proc.log_path).read_text(errors="replace").splitlines()
+    except (AttributeError, OSError):
+        return "(no server log)"
+    return "\n".join(f"  server: {line}" for line in text[-lines:])
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
@@ -91,3 +104,4 @@ def stop(procs: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        Path(getattr(proc, "log_path", "/nonexistent")).unlink(missing_ok=True)

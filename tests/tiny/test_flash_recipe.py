@@ -65,3 +65,34 @@ def test_report_measures_the_token_cut_and_the_accuracy_loss(tmp_path):
     out = flash_recipe.report(tmp_path, record)
     assert list(out["targets"].values()) == [False, False]
     assert "NOT met" in (tmp_path / "report.md").read_text()
+
+
+def test_empty_tile_bound_counts_the_tiles_the_model_reads():
+    """The bound's tile and token counts equal what the real preprocessing gives the same questions, and a
+    tile counts as empty exactly when no object's box reaches into it."""
+    from internvl.checkpoint.loader import read_config
+    from internvl.processing.image import load_question_images
+    from internvl.tiny import DEFAULT_MODEL
+    from internvl.tiny.world import examples
+
+    config = read_config(DEFAULT_MODEL)[0]
+    n = 40
+    bound = flash_recipe.empty_tile_bound(config, n)
+    tiles = sum(t.shape[0] for ex in examples("heldout", n) for t in load_question_images(ex.images(), config))
+    assert bound["tiles"] == tiles and bound["visual_tokens"] == tiles * config.num_image_token / n
+    assert 0 < bound["empty_tiles"] < tiles
+    saved = config.num_image_token - config.num_image_token_compressed
+    assert bound["token_cut"] == bound["empty_tiles"] * saved / (tiles * config.num_image_token)
+    # the same count from pixels: a tile of the rendered image whose every pixel is background
+    empty = 0
+    for ex in examples("heldout", n):
+        for scene in ex.scenes:
+            t = load_question_images([scene.render()], config,
+                                     max_tiles=config.max_dynamic_patch // len(ex.scenes))[0]
+            if t.shape[0] > 1:
+                grid = t[:-1]  # the thumbnail is never counted
+                spread = (grid.amax(dim=(2, 3)) - grid.amin(dim=(2, 3))).amax(dim=1)  # per tile, any channel
+                empty += int((spread < 0.05).sum())
+    # a box-empty tile is pixel-empty; a few tiles hold only a box's corner (of a circle or a triangle)
+    # and no object pixel, so pixels find slightly more
+    assert bound["empty_tiles"] <= empty <= bound["empty_tiles"] + 0.03 * tiles

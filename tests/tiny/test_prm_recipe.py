@@ -82,6 +82,7 @@ def test_ship_writes_the_prm_its_card_and_chart(tmp_path):
     assert "| 16 | 68.0% | 60.0% | 63.0% | 90.0% |" in card
     assert "| count_all | 10 | 50.0% | 70.0% | 60.0% |" in card
     assert "+8.0 points" in card and "71.0% `+`" in card and "python -m internvl train --model x    # 600 s" in card
+    assert "At N = 8: PRM 66.0%, majority 62.0%, greedy 60.0%; the target" in card and "is met." in card
 
 
 def test_stop_after_names_a_step(tmp_path):

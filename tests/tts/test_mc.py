@@ -107,3 +107,23 @@ def test_tiny_prm_data_end_to_end(policy, tmp_path):
         labels = [c["value"] for c in record["conversations"] if c["from"] == "gpt"]
         assert supervised == "".join(f"{x}<|im_end|>" for x in labels)
         assert PRM_SYSTEM_PROMPT in tok.decode(sample.input_ids.tolist())
+
+
+def test_responses_with_an_empty_step_are_left_out_and_counted(policy, tmp_path, monkeypatch):
+    """A sampled 'a\\n\\n\\n\\nb' splits into an empty step: an empty human turn that the SFT loader refuses.
+    The builder drops such responses (counted in stats) and the rest still loads as training data."""
+    def fake_sample(engine, tokenizer, problems, k, cfg, seed_offset=0):
+        return [["3 objects\n\n\n\nAnswer: 2", "3 objects\n\nAnswer: 2"][:k] for _ in problems]
+
+    def fake_scores(engine, tokenizer, problems, responses, cfg):
+        return [[[{"step": s, "score": 1.0, "num_mc_correct": 1, "num_mc_total": 1} for s in r.split("\n\n")]
+                 for r in per] for per in responses]
+    monkeypatch.setattr(prm_data, "sample_responses", fake_sample)
+    monkeypatch.setattr(prm_data, "step_scores", fake_scores)
+    stats = prm_data.build(str(policy), tmp_path, n=2, seed=7, responses=2, words=0, mc=1, max_batch=8, dtype="fp32")
+    assert stats["skipped_empty_step"] == 2 and stats["records"] == 2
+    records = [json.loads(line) for line in open(tmp_path / "prm.jsonl")]
+    assert all(c["value"].strip() for r in records for c in r["conversations"])
+    ds = SFTDataset(tmp_path / "prm_meta.json", train_tokenizer(),
+                    DataConfig(template="internvl2_5", image_size=96, num_image_token=16, max_dynamic_patch=6))
+    assert all(ds[i].input_ids.numel() for i in range(len(records)))

@@ -33,6 +33,7 @@ from . import DEFAULT_MODEL
 from .preference import NAME
 from .world import QUESTION_TYPES
 from .recipe import cli as _cli
+from .recipe import targets_line
 
 EVAL_N = 500
 TARGET_GAIN, MAX_TYPE_LOSS, BUDGET_MINUTES = 0.05, 0.02, 30.0
@@ -130,7 +131,7 @@ def report(work: Path, record: dict) -> dict:
               f"right and {pairs['always_wrong']} always wrong, skipped).", "",
               f"Time for both evaluations, the pairs and MPO: {minutes:.1f} min wall, {cpu_minutes:.1f} min CPU "
               f"({os.cpu_count()} CPUs).", "",
-              "Targets: " + "; ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in summary["targets"].items()),
+              targets_line(summary["targets"]),
               "", "Steps:", ""]
     lines += [f"    {v['command']}    # {v['seconds']} s wall, {v.get('cpu_seconds', '?')} s CPU"
               for k, v in record.items() if isinstance(v, dict)]

@@ -78,10 +78,14 @@ def build(policy: str, out: str | Path, n: int, seed: int = 200_000, responses: 
                                       seed_offset=7) if words else [[] for _ in exs]
     scored = step_scores(engine, tokenizer, step_problems, step_responses, mc_cfg)
     log.info("Monte Carlo scores done in %.0fs", time.perf_counter() - start)
-    labels, records = Counter(), 0
+    labels, records, empty_steps = Counter(), 0, 0
     with open(out / "prm.jsonl", "w", encoding="utf-8") as f, open(out / "mc_scores.jsonl", "w", encoding="utf-8") as g:
         for ex, files, per_steps, per_words, problem in zip(exs, names, scored, word_responses, word_problems):
-            items = [(step_question(ex), s) for s in per_steps]
+            # A sampled response with an empty step ("a\n\n\n\nb") would be an empty human turn, which the
+            # SFT data loader refuses: such degenerate samples are left out and counted.
+            kept = [s for s in per_steps if all(x["step"].strip() for x in s)]
+            empty_steps += len(per_steps) - len(kept)
+            items = [(step_question(ex), s) for s in kept]
             items += [(ex.prompt, [{"step": w, "score": float(problem.is_correct(w)), "num_mc_correct":
                                     int(problem.is_correct(w)), "num_mc_total": 1}]) for w in per_words]
             for question, steps in items:
@@ -100,7 +104,7 @@ def build(policy: str, out: str | Path, n: int, seed: int = 200_000, responses: 
     correct = [s[-1]["score"] for per in scored for s in per]
     stats = {"policy": str(policy), "questions": n, "seed": seed, "records": records, "steps": sum(labels.values()),
              "plus_share": labels["+"] / max(1, sum(labels.values())), "responses": responses, "words": words,
-             "mc": mc, "step_response_accuracy": sum(correct) / max(1, len(correct)),
+             "mc": mc, "skipped_empty_step": empty_steps, "step_response_accuracy": sum(correct) / max(1, len(correct)),
              "seconds": round(time.perf_counter() - start, 1)}
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats

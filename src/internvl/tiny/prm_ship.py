@@ -36,7 +36,8 @@ def ship(checkpoint: str | Path, out: str | Path, record: dict, work: str | Path
 
 
 def _portable(command: str) -> str:
-    return command.replace(shlex.quote(sys.executable), "python", 1)
+    """The command as a user would type it from the repository root (no local interpreter or checkout path)."""
+    return command.replace(shlex.quote(sys.executable), "python", 1).replace(str(Path.cwd()) + "/", "")
 
 
 def _pct(x: float) -> str:
@@ -55,6 +56,10 @@ def model_card(params: int, size_bytes: int, record: dict, stats: dict, summary:
                       if k in record)
     total = sum(record.get(k, {}).get("seconds", 0.0) for k in STEPS)
     gain = curve["prm"][-1] - curve["prm"][0]
+    at8 = curve["n"].index(8) if 8 in curve["n"] else len(curve["n"]) - 1
+    n8, prm8, maj8, greedy = curve["n"][at8], curve["prm"][at8], curve["majority"][at8], curve["prm"][0]
+    verdict = (f"At N = {n8}: PRM {_pct(prm8)}, majority {_pct(maj8)}, greedy {_pct(greedy)}; the target (PRM at least "
+               f"5 points above greedy and not below majority) is {'met' if prm8 >= greedy + 0.05 and prm8 >= maj8 else 'NOT met'}.")
     return f"""# internvl tiny PRM
 
 A {params / 1e6:.2f}M-parameter process reward model for the tiny InternVL's shapes world, trained by this
@@ -91,7 +96,8 @@ questions with at least one right candidate among the N, what a perfect verifier
 {head}
 {rows}
 
-PRM Best-of-{best} moves accuracy by {100 * gain:+.1f} points over greedy (N = 1). Per question type at N = {best}:
+PRM Best-of-{best} moves accuracy by {100 * gain:+.1f} points over greedy (N = 1). {verdict}
+Per question type at N = {best}:
 
 | question type | n | greedy | prm | majority |
 |---|---|---|---|---|

@@ -105,6 +105,11 @@ def stage2_meta(data: Path) -> Path:
     return path
 
 
+def targets_line(targets: dict[str, bool]) -> str:
+    """A report's verdict line: each target and whether it was met."""
+    return "Targets: " + "; ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in targets.items())
+
+
 def run_step(name: str, command: list[str], done: bool, record: dict, record_path: Path) -> None:
     """Run one recipe step (printed first, as a user would type it) unless done; record its command and wall
     time in `record_path`. An interrupted-and-resumed step (`--resume`) adds its pieces of time."""
