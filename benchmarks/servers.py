@@ -67,8 +67,8 @@ def start(args: list[str], timeout: float = 600.0) -> tuple[subprocess.Popen, st
     port = free_port()
     cmd = [sys.executable, "-m", "internvl", "serve", "--port", str(port), *args]
     # the server's own log goes to a file, so a server that fails mid-benchmark can say why (`log_tail`)
-    log = tempfile.NamedTemporaryFile("w+b", prefix=f"internvl_serve_{port}_", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    with tempfile.NamedTemporaryFile("wb", prefix=f"internvl_serve_{port}_", suffix=".log", delete=False) as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)  # the child keeps its own handle
     proc.log_path = log.name
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
@@ -104,4 +104,5 @@ def stop(procs: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        Path(getattr(proc, "log_path", "/nonexistent")).unlink(missing_ok=True)
+        if hasattr(proc, "log_path"):
+            Path(proc.log_path).unlink(missing_ok=True)

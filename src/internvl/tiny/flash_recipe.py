@@ -99,7 +99,7 @@ def empty_tile_bound(config, eval_n: int) -> dict:
     undercount)."""
     budget = config.max_dynamic_patch if config.dynamic_image_size else 1
     full, small = config.num_image_token, config.num_image_token_compressed
-    tokens = tiles = empty = 0
+    tiles = empty = 0
     for ex in examples("heldout", eval_n):
         per_image = per_image_tile_budget(budget, len(ex.scenes))  # as load_question_images tiles them
         for scene in ex.scenes:
@@ -107,7 +107,6 @@ def empty_tile_bound(config, eval_n: int) -> dict:
                                      per_image, config.image_size)
             n = cols * rows
             tiles += n + 1 if n > 1 and config.use_thumbnail else n
-            tokens += full * (n + 1 if n > 1 and config.use_thumbnail else n)
             if n == 1:  # one tile is never compressed
                 continue
             w, h = scene.width / cols, scene.height / rows
@@ -116,6 +115,7 @@ def empty_tile_bound(config, eval_n: int) -> dict:
                     x0, y0, x1, y1 = c * w, r * h, (c + 1) * w, (r + 1) * h
                     empty += not any(s.x0 < x1 and s.x0 + s.size > x0 and s.y0 < y1 and s.y0 + s.size > y0
                                      for s in scene.shapes)
+    tokens = full * tiles
     return {"tiles": tiles, "empty_tiles": empty, "visual_tokens": tokens / max(1, eval_n),
             "token_cut": empty * (full - small) / max(1, tokens)}
 
