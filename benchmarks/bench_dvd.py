@@ -52,6 +52,12 @@ def image_uri(i: int, tiles: int, size: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def ok(response) -> None:
+    """Raise with the server's own message: a bare status code hides why (e.g. which engine error)."""
+    if response.status_code >= 400:
+        raise RuntimeError(f"{response.request.url} answered {response.status_code}: {response.text[:1000]}")
+
+
 def run_load(base: str, images: list[str], clients: int, max_tokens: int) -> dict:
     import httpx
 
@@ -61,7 +67,7 @@ def run_load(base: str, images: list[str], clients: int, max_tokens: int) -> dic
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": images[i]}},
                                                       {"type": "text", "text": f"Question {i}: describe it."}]}],
             "max_tokens": max_tokens, "temperature": 0})
-        r.raise_for_status()
+        ok(r)
         return time.perf_counter() - t0
 
     async def everyone() -> tuple[list[float], float]:
@@ -104,7 +110,7 @@ def timed_post(url: str, repeat: int = 3, **kw) -> float:
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        httpx.post(url, timeout=3600, **kw).raise_for_status()
+        ok(httpx.post(url, timeout=3600, **kw))
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

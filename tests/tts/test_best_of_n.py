@@ -25,7 +25,8 @@ from internvl.tiny.tokenizer import train_tokenizer
 from internvl.tiny.world import make_example
 from internvl.tts.best_of_n import (Verifier, best_of_n, candidate_params, choose, extract_answer, majority_index,
                                     run_groups)
-from internvl.tts.evaluate import sizes
+from internvl.tts.evaluate import pairwise_accuracy, sizes
+from internvl.tts.report import format_curve
 from internvl.tts.prm import score_steps
 
 IMAGE = str(EXAMPLES_DIR / "shapes-1.png")
@@ -180,6 +181,25 @@ def test_eval_best_of_n_curve_uses_prefixes_of_the_same_candidates(tiny, tmp_pat
     assert four["curve"]["prm"][0] == four["curve"]["majority"][0] == four["greedy_accuracy"]
     assert (tmp_path / "b4" / "best_of_n.png").stat().st_size > 1000
     assert sizes(16) == [1, 2, 4, 8, 16] and sizes(6) == [1, 2, 4, 6] and sizes(1) == [1]
+    assert four["verifier_pairwise"]["prm"] == pairwise_accuracy(rows4, "prm_scores")
+    p = four["verifier_pairwise"]["prm"]
+    if p["pairs"]:  # random weights: some samples may have no right (or no wrong) candidate at all
+        assert f"of {p['pairs']} pairs" in format_curve(four)
+
+
+def test_pairwise_accuracy_counts_within_sample_pairs_only():
+    records = [  # sample 1: the right one scores higher; sample 2: lower, and a tie
+        {"correct": [True, False, False], "prm_scores": [0.9, 0.5, 0.1]},
+        {"correct": [False, True, False], "prm_scores": [0.8, 0.2, 0.2]},
+        {"correct": [True, True], "prm_scores": [0.1, 0.2]},  # no wrong candidate: no pair
+        {"correct": [False], "prm_scores": []},
+    ]
+    # 2 of the 4 pairs win outright, one loses, one ties (half)
+    assert pairwise_accuracy(records, "prm_scores") == {"pairs": 4, "accuracy": 2.5 / 4}
+    assert pairwise_accuracy(records, "orm_scores") == {"pairs": 0, "accuracy": None}
+    text = format_curve({"curve": {"n": [1], "majority": [0.5]}, "per_category": {}, "best_of": 1,
+                         "verifier_pairwise": {"prm": {"pairs": 4, "accuracy": 0.625}}})
+    assert "62.5% of 4 pairs" in text
 
 
 def test_cli_chat_and_eval_best_of(checkpoint, tmp_path, capsys):

@@ -5,7 +5,8 @@ with seeds fixed per sample, each sample's N submitted to the engine together); 
 first n of them, exactly what a run with N = n would generate. The verifier scores every candidate of a
 sample in one batched call, per step (PRM) and as one step (ORM); majority voting needs no model. The answer
 that counts is the one after `Answer:` when a candidate has one (step-wise answers), else the whole text.
-Writes `candidates.jsonl`, `summary.json` and `best_of_n.png` (accuracy against n, one line per strategy,
+The summary also gives the verifier's within-sample pairwise accuracy (`verifier_pairwise`: a right candidate
+scored above a wrong one of the same sample). Writes `candidates.jsonl`, `summary.json` and `best_of_n.png` (accuracy against n, one line per strategy,
 and pass@n: the share of samples with at least one right candidate, what a perfect verifier would reach).
 """
 
@@ -50,6 +51,24 @@ def pick(strategy: str, candidates: list[str], prm_scores: list[float], orm_scor
         return majority_index([extract_answer(c) for c in candidates[:n]])
     scores = prm_scores if strategy == "prm" else orm_scores
     return prm_lib.rank(scores[:n])[0]
+
+
+def pairwise_accuracy(records: list[dict], key: str) -> dict:
+    """How often the verifier scores a right candidate above a wrong one of the same sample (ties count
+    half), over every such pair: what Best-of-N selection depends on. A verifier can score right answers
+    higher on average and still rank backwards here, when it mostly learned which questions are easy."""
+    wins = pairs = 0.0
+    for r in records:
+        scores = r.get(key)
+        if not scores:
+            continue
+        right = [s for s, c in zip(scores, r["correct"]) if c]
+        wrong = [s for s, c in zip(scores, r["correct"]) if not c]
+        for a in right:
+            for b in wrong:
+                pairs += 1
+                wins += 1.0 if a > b else 0.5 if a == b else 0.0
+    return {"pairs": int(pairs), "accuracy": wins / pairs if pairs else None}
 
 
 def evaluate_best_of_n(cfg, model, tokenizer, verifier: Verifier | None = None) -> dict:
@@ -115,10 +134,13 @@ def evaluate_best_of_n(cfg, model, tokenizer, verifier: Verifier | None = None) 
             entry[strategy].append(r["correct"][pick(strategy, r["candidates"], r.get("prm_scores", []),
                                                      r.get("orm_scores", []), cfg.best_of)])
     per_category = {c: {k: (v if k == "n" else mean(v)) for k, v in e.items()} for c, e in sorted(per_category.items())}
+    pairwise = ({s: pairwise_accuracy(records, f"{s}_scores") for s in ("prm", "orm")}
+                if verifier is not None else None)
     summary = {"task": task.name, "model": cfg.model, "prm": cfg.prm if verifier is not None else None,
                "n": len(samples), "seed": cfg.seed, "best_of": cfg.best_of, "strategy": headline,
                "step_by_step": cfg.step_by_step, "greedy_accuracy": curve[headline][0],
                "accuracy": curve[headline][-1], "curve": curve, "per_category": per_category,
+               "verifier_pairwise": pairwise,
                "seconds": round(seconds, 2), "generate_seconds": round(generate_s, 2), "config": asdict(cfg)}
     out = Path(cfg.out) if cfg.out else Path("eval_results") / f"{task.name}-best-of-{cfg.best_of}"
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,10 @@ def format_curve(summary: dict) -> str:
                                                               for s in strategies))
     for c, e in summary["per_category"].items():
         lines.append(f"{c:<16}{e['n']:>5}{e['greedy']:>9.1%}" + "".join(f"{e[s]:>13.1%}" for s in strategies))
+    for name, p in (summary.get("verifier_pairwise") or {}).items():
+        if p["accuracy"] is not None:
+            lines.append(f"{name.upper()} ranks a right candidate above a wrong one of the same sample in "
+                         f"{p['accuracy']:.1%} of {p['pairs']} pairs (50%: no better than chance)")
     return "\n".join(lines)
 
 
