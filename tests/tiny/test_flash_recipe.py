@@ -27,9 +27,10 @@ def test_plan_is_cli_commands_that_parse_and_resume(tmp_path):
         cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
         assert cfg.vico == name and not cfg.resume
     consistency, router = _parse(cmds["consistency"]), _parse(cmds["router"])
-    assert consistency.model == "M" and consistency.max_steps == 6
+    assert consistency.model == "M" and consistency.max_steps == 6 and consistency.vico_mixed_prob == 0.5
+    assert "--describe" in cmds["data"]  # descriptions name every object: what the compressed branch must keep
     assert router.model.endswith("consistency/checkpoint-6") and router.vico_reference == "M"
-    assert router.max_steps == 4 and router.flash_absolute_threshold == 0.5
+    assert router.max_steps == 4 and router.flash_absolute_threshold == 0.42
     for name, vir, model in (("eval-base", "off", "M"), ("eval-auto", "auto", "router/checkpoint-4"),
                              ("eval-off", "off", "router/checkpoint-4")):
         args = _parse(cmds[name])

@@ -26,7 +26,7 @@ from internvl.train.metrics import read_metrics
 from internvl.train.packing import PackedCollator
 from internvl.train.trainer import SFTInternVL, train
 from internvl.train.vico import (ConsistencyObjective, RouterLabels, RouterObjective, add_flash_modules,
-                                 compress_batch, supervised, token_kl)
+                                 compress_batch, draw_rates, supervised, tiles_per_row, token_kl)
 
 FAST = dict(tokenizer=None, lr=1e-3, max_dynamic_patch=3, progress=False, save_steps=0, warmup_ratio=0.0,
             per_device_batch_size=4)
@@ -91,6 +91,34 @@ def test_compressed_batch_is_the_inference_prompt(meta, base):
             start += tiles[row]
     # the supervised targets survive compression in order
     assert torch.equal(batch.labels[:, 1:][supervised(batch)], small.labels[:, 1:][supervised(small)])
+
+
+def test_rates_are_one_per_sample_unless_mixed(meta, base):
+    model = flash_policy(base)
+    batch, _ = batch_of(meta, model, n=8)
+    ctx, n = model.img_context_token_id, model.num_image_token
+    counts = [c for c in tiles_per_row(batch.input_ids, ctx, n) if c]
+    assert max(counts) > 1
+
+    def samples_split(flags):
+        out, at = [], 0
+        for c in counts:
+            out.append(flags[at:at + c])
+            at += c
+        return out
+    uniform = mixed = 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        per_sample = samples_split(draw_rates(batch, 0.5, ctx, n))
+        assert all(len(set(f)) == 1 for f in per_sample)  # the paper: all tiles of a sample alike
+        torch.manual_seed(seed)
+        drawn = samples_split(draw_rates(batch, 0.5, ctx, n, mixed=1.0))
+        mixed += sum(len(set(f)) > 1 for f in drawn)
+        uniform += sum(len(set(f)) == 1 for f in drawn if len(f) > 1)
+    assert mixed > 0 and uniform > 0  # per tile: some samples mix rates, and some draw all alike by chance
+    torch.manual_seed(0)
+    assert draw_rates(batch, 1.0, ctx, n, mixed=0.5) == [True] * sum(counts)
+    assert draw_rates(batch, 0.0, ctx, n, mixed=0.5) == [False] * sum(counts)
 
 
 def test_consistency_loss_is_kl_to_the_full_token_reference(meta, base):
@@ -241,6 +269,8 @@ def test_vico_flag_errors(tmp_path, meta, base, capsys):
         TrainConfig(vico="consistency", router_percentile=100.0, **kw)
     with pytest.raises(ConfigError, match="compress-prob"):
         TrainConfig(vico="consistency", vico_compress_prob=1.5, **kw)
+    with pytest.raises(ConfigError, match="mixed-prob"):
+        TrainConfig(vico="consistency", vico_mixed_prob=-0.1, **kw)
     with pytest.raises(ConfigError, match="--method mpo"):
         TrainConfig(vico="consistency", method="mpo", **kw)
     with pytest.raises(ConfigError, match="--v2pe-stride"):

@@ -66,6 +66,9 @@ class TrainConfig:
                                             "stage needs the model the consistency stage started from)",
                                       metavar="DIR|REPO")
     vico_compress_prob: float = _opt(0.5, "--vico consistency: probability that a sample's tiles are compressed")
+    vico_mixed_prob: float = _opt(0.0, "--vico consistency: probability that a sample draws a rate per tile (each "
+                                       "compressed with --vico-compress-prob), the mixes routing makes at "
+                                       "inference; 0 (the paper): one rate for all its tiles")
     router_percentile: float = _opt(50.0, "--vico router: a tile whose loss ratio is below this percentile of the "
                                           "window is labelled compress")
     router_window: int = _opt(2048, "--vico router: loss ratios of this many recent tiles set the percentile")
@@ -202,7 +205,7 @@ class TrainConfig:
         if self.vico == "router" and not self.vico_reference:
             raise ConfigError("--vico router needs --vico-reference: the model the consistency stage started from "
                               "(the policy itself would give a zero loss to divide by)")
-        for name in ("vico_compress_prob", "flash_relative_threshold", "flash_absolute_threshold"):
+        for name in ("vico_compress_prob", "vico_mixed_prob", "flash_relative_threshold", "flash_absolute_threshold"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")

@@ -408,7 +408,7 @@ def vico_objective(cfg: TrainConfig, info: D.DistInfo, model: SFTInternVL) -> Ob
         raise ConfigError(f"the ViCO reference has {reference.num_image_token} tokens per tile, the model "
                           f"{per_tile}: they must share the vision geometry")
     if cfg.vico == "consistency":
-        return ConsistencyObjective(reference, ids, per_tile, cfg.vico_compress_prob)
+        return ConsistencyObjective(reference, ids, per_tile, cfg.vico_compress_prob, cfg.vico_mixed_prob)
     return RouterObjective(reference, ids, per_tile, cfg.router_percentile, cfg.router_window)
 
 

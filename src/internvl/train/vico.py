@@ -3,7 +3,8 @@
 
 Consistency: the model learns to answer from compressed tiles as it answers from full ones. Each sample draws
 its compression rate (1/4 or 1/16 of the ViT tokens, i.e. the full or the 64-token branch; all tiles of a
-sample share it); the loss is KL(reference || policy) per supervised token, where the reference is the frozen
+sample share it, as in the paper; `--vico-mixed-prob` lets a share of the samples draw per tile instead, the
+mixes the router makes at inference, which a model trained on uniform rates may never have read); the loss is KL(reference || policy) per supervised token, where the reference is the frozen
 starting model reading every tile in full. A compressed sample's prompt drops the unused `<IMG_CONTEXT>`
 slots and keeps dense positions, exactly as inference does.
 
@@ -69,18 +70,19 @@ def tiles_per_row(input_ids: torch.Tensor, image_token_id: int, per_tile: int) -
     return [int(n) // per_tile for n in (input_ids == image_token_id).sum(1).tolist()]
 
 
-def draw_rates(batch: Batch, prob: float, image_token_id: int, per_tile: int) -> list[bool]:
-    """One draw per sample (global RNG): compress all its tiles with probability `prob`. -> a flag per tile, in
-    the order `pixel_values` holds them (image-token runs over the flattened batch)."""
+def draw_rates(batch: Batch, prob: float, image_token_id: int, per_tile: int, mixed: float = 0.0) -> list[bool]:
+    """Compression flags from the global RNG: per sample, with probability `mixed` each tile draws on its own
+    (compressed with probability `prob`), else one draw compresses all its tiles or none. -> a flag per tile,
+    in the order `pixel_values` holds them (image-token runs over the flattened batch)."""
     flags: list[bool] = []
-    drawn: dict[tuple[int, int], bool] = {}
+    drawn: dict[tuple[int, int], bool | None] = {}  # sample -> its one rate, or None: per tile
     for row in range(batch.input_ids.shape[0]):
         slots = (batch.input_ids[row] == image_token_id).nonzero()[:, 0].tolist()
         for first in slots[::per_tile]:
             key = (row, int(batch.seq_ids[row, first]))
             if key not in drawn:
-                drawn[key] = bool(torch.rand(()) < prob)
-            flags.append(drawn[key])
+                drawn[key] = None if mixed > 0 and bool(torch.rand(()) < mixed) else bool(torch.rand(()) < prob)
+            flags.append(bool(torch.rand(()) < prob) if drawn[key] is None else drawn[key])
     return flags
 
 
@@ -140,9 +142,10 @@ class ConsistencyObjective(StatelessObjective):
     """sum(w * KL(reference(full tiles) || policy(sampled rate))) / sum(w) over the global batch's targets.
     Nothing to save: the rate draws come from the global RNG, which the checkpoint restores."""
 
-    def __init__(self, reference: nn.Module, image_token_id: int, per_tile: int, compress_prob: float = 0.5) -> None:
+    def __init__(self, reference: nn.Module, image_token_id: int, per_tile: int, compress_prob: float = 0.5,
+                 mixed_prob: float = 0.0) -> None:
         self.reference, self.image_token_id, self.per_tile = reference, image_token_id, per_tile
-        self.compress_prob = compress_prob
+        self.compress_prob, self.mixed_prob = compress_prob, mixed_prob
         self._tiles = [0, 0]  # this step's tiles, compressed ones
 
     def weight(self, batch: Batch) -> torch.Tensor:
@@ -157,7 +160,7 @@ class ConsistencyObjective(StatelessObjective):
 
     def __call__(self, model: nn.Module, batch: Batch, weight_total: torch.Tensor) -> torch.Tensor:
         device = weight_total.device
-        flags = draw_rates(batch, self.compress_prob, self.image_token_id, self.per_tile)
+        flags = draw_rates(batch, self.compress_prob, self.image_token_id, self.per_tile, self.mixed_prob)
         self._tiles[0] += len(flags)
         self._tiles[1] += sum(flags)
         small = compress_batch(batch, flags, self.image_token_id, self.per_tile) if any(flags) else batch
