@@ -4,9 +4,10 @@
 Consistency: the model learns to answer from compressed tiles as it answers from full ones. Each sample draws
 its compression rate (1/4 or 1/16 of the ViT tokens, i.e. the full or the 64-token branch; all tiles of a
 sample share it, as in the paper; `--vico-mixed-prob` lets a share of the samples draw per tile instead, the
-mixes the router makes at inference, which a model trained on uniform rates may never have read); the loss is KL(reference || policy) per supervised token, where the reference is the frozen
-starting model reading every tile in full. A compressed sample's prompt drops the unused `<IMG_CONTEXT>`
-slots and keeps dense positions, exactly as inference does.
+mixes the router makes at inference, which a model trained on uniform rates may never have read); the loss
+is KL(reference || policy) per supervised token, where the reference is the frozen starting model reading
+every tile in full. A compressed sample's prompt drops the unused `<IMG_CONTEXT>` slots and keeps dense
+positions, exactly as inference does.
 
 Router: only `pooling_before_gating` and `gating` train, as a two-way classifier. Each tile's label comes
 from r = L(y | that tile compressed) / L(y | nothing compressed), L the same per-sample mean KL to the frozen
