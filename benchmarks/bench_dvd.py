@@ -58,15 +58,20 @@ def ok(response) -> None:
         raise RuntimeError(f"{response.request.url} answered {response.status_code}: {response.text[:1000]}")
 
 
+def chat_body(image: str, text: str, max_tokens: int) -> dict:
+    """A greedy chat request with one image and a question (what every load and stage timing sends)."""
+    return {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
+                                                      {"type": "text", "text": text}]}],
+            "max_tokens": max_tokens, "temperature": 0}
+
+
 def run_load(base: str, images: list[str], clients: int, max_tokens: int) -> dict:
     import httpx
 
     async def one(http, i: int) -> float:
         t0 = time.perf_counter()
-        r = await http.post(base + "/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": images[i]}},
-                                                      {"type": "text", "text": f"Question {i}: describe it."}]}],
-            "max_tokens": max_tokens, "temperature": 0})
+        r = await http.post(base + "/v1/chat/completions",
+                            json=chat_body(images[i], f"Question {i}: describe it.", max_tokens))
         ok(r)
         return time.perf_counter() - t0
 
@@ -121,12 +126,8 @@ def stage_costs(base: str, vision: str | None, image: str, tiles, max_tokens: in
     (decode at batch 1). What the multi-machine analysis in docs/dvd.md builds on."""
     from internvl.serve.wire import ENCODE_PATH, MEDIA_TYPE, pack_tiles
 
-    def chat(tokens: int) -> dict:
-        return {"json": {"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "Describe it."}]}],
-            "max_tokens": tokens, "temperature": 0}}
-    first = timed_post(base + "/v1/chat/completions", **chat(1))
-    full = timed_post(base + "/v1/chat/completions", **chat(max_tokens))
+    first = timed_post(base + "/v1/chat/completions", json=chat_body(image, "Describe it.", 1))
+    full = timed_post(base + "/v1/chat/completions", json=chat_body(image, "Describe it.", max_tokens))
     out = {"first_token_s": first, "decode_s_per_token": (full - first) / max(1, max_tokens - 1)}
     if vision is not None:
         out["vision_encode_s"] = timed_post(vision + ENCODE_PATH, content=pack_tiles(tiles.bfloat16()),

@@ -77,6 +77,7 @@ def draw_rates(batch: Batch, prob: float, image_token_id: int, per_tile: int, mi
     in the order `pixel_values` holds them (image-token runs over the flattened batch)."""
     flags: list[bool] = []
     drawn: dict[tuple[int, int], bool | None] = {}  # sample -> its one rate, or None: per tile
+    # with mixed == 0 nothing extra is drawn, so such runs keep the random stream (and resume) they had before
     for row in range(batch.input_ids.shape[0]):
         slots = (batch.input_ids[row] == image_token_id).nonzero()[:, 0].tolist()
         for first in slots[::per_tile]:

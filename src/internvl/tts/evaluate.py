@@ -6,8 +6,9 @@ first n of them, exactly what a run with N = n would generate. The verifier scor
 sample in one batched call, per step (PRM) and as one step (ORM); majority voting needs no model. The answer
 that counts is the one after `Answer:` when a candidate has one (step-wise answers), else the whole text.
 The summary also gives the verifier's within-sample pairwise accuracy (`verifier_pairwise`: a right candidate
-scored above a wrong one of the same sample). Writes `candidates.jsonl`, `summary.json` and `best_of_n.png` (accuracy against n, one line per strategy,
-and pass@n: the share of samples with at least one right candidate, what a perfect verifier would reach).
+scored above a wrong one of the same sample). Writes `candidates.jsonl`, `summary.json` and `best_of_n.png`
+(accuracy against n, one line per strategy, and pass@n: the share of samples with at least one right
+candidate, what a perfect verifier would reach).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def pairwise_accuracy(records: list[dict], key: str) -> dict:
     """How often the verifier scores a right candidate above a wrong one of the same sample (ties count
     half), over every such pair: what Best-of-N selection depends on. A verifier can score right answers
     higher on average and still rank backwards here, when it mostly learned which questions are easy."""
-    wins = pairs = 0.0
+    wins, pairs = 0.0, 0
     for r in records:
         scores = r.get(key)
         if not scores:
@@ -68,7 +69,7 @@ def pairwise_accuracy(records: list[dict], key: str) -> dict:
             for b in wrong:
                 pairs += 1
                 wins += 1.0 if a > b else 0.5 if a == b else 0.0
-    return {"pairs": int(pairs), "accuracy": wins / pairs if pairs else None}
+    return {"pairs": pairs, "accuracy": wins / pairs if pairs else None}
 
 
 def evaluate_best_of_n(cfg, model, tokenizer, verifier: Verifier | None = None) -> dict:
