@@ -120,20 +120,78 @@ def timed_post(url: str, repeat: int = 3, **kw) -> float:
     return statistics.median(times)
 
 
-def stage_costs(base: str, vision: str | None, image: str, tiles, max_tokens: int) -> dict:
+def timed_stream(base: str, body: dict) -> tuple[float, float]:
+    """One streamed request: (seconds to its first content chunk, seconds per further answer token).
+
+    Both come from the same request, so decode is not a difference of two noisy totals (which went negative
+    on a small model); the token count is the server's own (usage), as a chunk may carry several tokens."""
+    import httpx
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    first = last = None
+    tokens = 0
+    with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=3600) as r:
+        if r.status_code >= 400:
+            r.read()
+            ok(r)
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                raise RuntimeError(f"stream error: {chunk['error']}")
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                last = time.perf_counter()
+                first = first or last
+    if first is None or tokens < 2:
+        raise RuntimeError(f"streamed answer of {tokens} token(s): cannot time decode")
+    return first - t0, (last - first) / (tokens - 1)
+
+
+def stage_costs(base: str, vision: str | None, image: str, tiles, max_tokens: int, repeat: int = 3) -> dict:
     """One request alone on an idle server, stage by stage: the vision server's encode of its tiles (DvD
-    modes), the time to one answer token (vision + prefill, over the wire in DvD) and per further token
-    (decode at batch 1). What the multi-machine analysis in docs/dvd.md builds on."""
+    modes), the time to the first answer token (vision + prefill, over the wire in DvD) and per further token
+    (decode at batch 1); medians of `repeat`. What the multi-machine analysis in docs/dvd.md builds on."""
     from internvl.serve.wire import ENCODE_PATH, MEDIA_TYPE, pack_tiles
 
-    first = timed_post(base + "/v1/chat/completions", json=chat_body(image, "Describe it.", 1))
-    full = timed_post(base + "/v1/chat/completions", json=chat_body(image, "Describe it.", max_tokens))
-    out = {"first_token_s": first, "decode_s_per_token": (full - first) / max(1, max_tokens - 1)}
+    runs = [timed_stream(base, chat_body(image, "Describe it.", max(2, max_tokens))) for _ in range(repeat)]
+    first = statistics.median(r[0] for r in runs)
+    out = {"first_token_s": first, "decode_s_per_token": statistics.median(r[1] for r in runs)}
     if vision is not None:
-        out["vision_encode_s"] = timed_post(vision + ENCODE_PATH, content=pack_tiles(tiles.bfloat16()),
+        out["vision_encode_s"] = timed_post(vision + ENCODE_PATH, repeat, content=pack_tiles(tiles.bfloat16()),
                                             headers={"Content-Type": MEDIA_TYPE})
         out["prefill_and_transfer_s"] = first - out["vision_encode_s"]
     return out
+
+
+def multi_machine(mono: dict, dvd: dict, answer_tokens: int, vision_servers: int) -> dict:
+    """Requests per second one request at a time (batch 1) on separate machines, from stages measured alone.
+
+    Monolithic: one machine does everything, so a request costs first_token + (n-1) decode. DvD: the vision
+    servers encode side by side while the language server prefills and decodes, so the slower side sets the
+    pace: min(k / encode, 1 / (prefill_and_transfer + (n-1) decode)). Batching raises both, the language
+    side more (decode is memory-bound); this is the pipelining's share alone."""
+    decode = (answer_tokens - 1) * dvd["decode_s_per_token"]
+    mono_rps = 1 / (mono["first_token_s"] + (answer_tokens - 1) * mono["decode_s_per_token"])
+    vision_rps = vision_servers / dvd["vision_encode_s"]
+    language_rps = 1 / (dvd["prefill_and_transfer_s"] + decode)
+    rps = min(vision_rps, language_rps)
+    return {"vision_servers": vision_servers, "requests_per_s": rps, "vs_mono": rps / mono_rps,
+            "bound": "vision" if vision_rps < language_rps else "language"}
+
+
+def multi_machine_from_load(mono: dict, dvd: dict, cores: int, vision_servers: int) -> dict:
+    """The same estimate from where the CPU went under the concurrent load (batching included): each side's
+    CPU seconds per request, spread over `cores` cores of a machine of its own, against the monolithic run's
+    own CPU seconds per request on the same cores."""
+    mono_rps = cores / mono["cpu_s_per_request"]["all"]
+    vision_rps = vision_servers * cores / dvd["cpu_s_per_request"]["vision"]
+    language_rps = cores / dvd["cpu_s_per_request"]["language"]
+    rps = min(vision_rps, language_rps)
+    return {"vision_servers": vision_servers, "requests_per_s": rps, "vs_mono": rps / mono_rps,
+            "bound": "vision" if vision_rps < language_rps else "language"}
 
 
 def run_mode(mode: str, ckpt: Path, args, images: list[str]) -> dict:
@@ -145,7 +203,9 @@ def run_mode(mode: str, ckpt: Path, args, images: list[str]) -> dict:
         if mode.startswith("dvd"):
             proc, vision = S.start([*common, "--role", "vision"])
             procs.append(proc)
-            proc, base = S.start([*serving, "--role", "language", "--vision-url", vision])
+            # the timeout covers the vision server's queue too: 8 clients' tiles take minutes on 2 cores
+            proc, base = S.start([*serving, "--role", "language", "--vision-url", vision,
+                                  "--vision-timeout", "3600"])
         else:
             proc, base = S.start(serving)
         procs.append(proc)
@@ -154,6 +214,9 @@ def run_mode(mode: str, ckpt: Path, args, images: list[str]) -> dict:
         meter = S.ServersLoad([p.pid for p in procs]).start()
         result = run_load(base, images[2:], args.clients, args.max_tokens)
         result["other_load"] = meter.stop()
+        # where the CPU went under load: on separate machines each side would have its own cores
+        result["cpu_s_per_request"] = dict(zip(("vision", "language") if vision else ("all",),
+                                               (round(c / result["requests"], 3) for c in meter.cpu_seconds())))
         if stages is not None:
             result["stages"] = stages
         if vision is not None:
@@ -208,9 +271,18 @@ def main(argv: list[str] | None = None) -> dict:
     base = results.get("mono", {}).get("requests_per_s")
     for r in results.values():
         r["vs_mono"] = r["requests_per_s"] / base if base else None
+    estimates = {}
+    for mono, dvd in (("mono", "dvd"), ("mono", "dvd-vir")):  # both against plain monolithic serving
+        if "stages" in results.get(mono, {}) and "stages" in results.get(dvd, {}):
+            estimates[dvd] = [multi_machine(results[mono]["stages"], results[dvd]["stages"], args.max_tokens, k)
+                              for k in (1, 2, 4, 8)]
+    cores = C.machine_info()["usable_cpus"]
+    from_load = {dvd: [multi_machine_from_load(results[mono], results[dvd], cores, k) for k in (1, 2, 4, 8)]
+                 for mono, dvd in (("mono", "dvd"), ("mono", "dvd-vir")) if mono in results and dvd in results}
     out = {"machine": C.machine_info(), "preset": args.preset, "tiles_per_image": args.tiles + 1,
            "requests": args.requests, "clients": args.clients, "max_tokens": args.max_tokens,
-           "max_batch": args.max_batch, "modes": results, "wall_s": round(time.perf_counter() - t_start, 1)}
+           "max_batch": args.max_batch, "modes": results, "multi_machine_batch1": estimates,
+           "multi_machine_from_load": from_load, "wall_s": round(time.perf_counter() - t_start, 1)}
     print(C.table(f"DvD, {args.preset} random weights, {args.requests} requests of {args.tiles + 1} tiles, "
                   f"{args.clients} clients, {args.max_tokens} answer tokens",
                   ["mode", "req/s", "x mono", "p50 s", "max s", "tiles/forward", "other"],
@@ -218,7 +290,12 @@ def main(argv: list[str] | None = None) -> dict:
                     r.get("vision_tiles_per_forward"), r["other_load"]] for m, r in results.items()]))
     for m, r in results.items():
         if "stages" in r:
-            print(f"  {m:>9} alone: " + ", ".join(f"{k} {v:.3f}" for k, v in r["stages"].items()))
+            print(f"  {m:>9} alone: " + ", ".join(f"{k} {v:.4f}" for k, v in r["stages"].items()))
+    for (m, rows), how in [*((x, "batch 1") for x in estimates.items()),
+                           *((x, "from load") for x in from_load.items())]:
+        print(f"  {m:>9} on separate machines, {how}: " + "; ".join(
+            f"{e['vision_servers']} vision -> {e['requests_per_s']:.3f} req/s ({e['vs_mono']:.2f}x, {e['bound']}-bound)"
+            for e in rows))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
         C.log(f"wrote {args.out}")

@@ -4,6 +4,7 @@ max_tokens, `internvl serve` subprocesses started and stopped, and a CPU meter t
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -40,19 +41,28 @@ def build_checkpoint(directory: Path, preset: str, **config) -> Path:
     return path
 
 
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process so far, in clock ticks (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 class ServersLoad(C.OtherLoad):
-    """OtherLoad that also counts the server processes' CPU time as ours."""
+    """OtherLoad that also counts the server processes' CPU time as ours, and says each one's share."""
 
     def __init__(self, pids: list[int]) -> None:
         super().__init__()
         self.pids = pids
+        self._ticks0 = [cpu_ticks(pid) for pid in pids]
 
     def _snapshot(self) -> tuple[int, int, int]:
         busy, total, own = super()._snapshot()
-        for pid in self.pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            own += int(fields[11]) + int(fields[12])
-        return busy, total, own
+        return busy, total, own + sum(cpu_ticks(pid) for pid in self.pids)
+
+    def cpu_seconds(self) -> list[float]:
+        """CPU seconds each server process used since this meter was made."""
+        hz = os.sysconf("SC_CLK_TCK")
+        return [(cpu_ticks(pid) - t0) / hz for pid, t0 in zip(self.pids, self._ticks0)]
 
 
 def free_port() -> int:
