@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench tiny tiny-mpo tiny-prm tiny-flash eval-tiny lint clean
+.PHONY: demo test setup bench bench-llamacpp tiny tiny-mpo tiny-prm tiny-flash eval-tiny lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,22 @@ test: $(STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
+
+# the outside anchor (optional, not needed by make test): llama.cpp's batch-1 decode against ours on the same
+# random weights (benchmarks/bench_llamacpp.py). Builds llama-cpp-python from source once: about 15 minutes on 2 cores.
+LLAMACPP := scratch/llamacpp
+LLAMACPP_VERSION := 0.3.36
+$(LLAMACPP)/.installed: $(STAMP)
+	mkdir -p $(LLAMACPP)
+	$(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMACPP_VERSION) -d $(LLAMACPP)
+	# the Qwen2 vocabulary llama.cpp ships for its tokenizer tests: a GGUF file needs one to load
+	tar xzf $(LLAMACPP)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $(LLAMACPP) --strip-components=4 \
+		llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp/models/ggml-vocab-qwen2.gguf
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q $(LLAMACPP)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz "gguf>=0.17"
+	touch $@
+
+bench-llamacpp: $(LLAMACPP)/.installed
+	$(BIN)/python -m benchmarks.bench_llamacpp
 
 # train the shipped tiny InternVL from scratch (about 2 hours on 2 CPU cores: stage 0, stage 2) into src/internvl/tiny/model
 tiny: $(STAMP)

@@ -22,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_inference, bench_kernels, bench_preprocess  # noqa: E402
+from benchmarks import bench_inference, bench_kernels, bench_llamacpp, bench_preprocess  # noqa: E402
 from benchmarks import common as C  # noqa: E402
 
 
@@ -62,6 +62,14 @@ def main(argv: list[str] | None = None) -> dict:
         C.log(f"skipping the kernels section: {e}")
         kernels = []
 
+    anchor = None
+    why = bench_llamacpp.missing() or (None if bench_llamacpp.DEFAULT_VOCAB.is_file() else "no vocabulary file")
+    if why:  # the optional outside anchor: `make bench-llamacpp` builds it once
+        C.log(f"skipping the llama.cpp anchor: {why}")
+    else:
+        print()
+        anchor = bench_llamacpp.main([])
+
     rows = []
     for kind, r in kinds.items():
         rows += [
@@ -75,6 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
         ]
         for row in rows[-5:]:
             row[3] = "yes" if r["target_met"][row[3]] else "NO"
+    if anchor is not None:
+        kind = anchor["machine"]["cpu_kind"]
+        for ours, theirs in (("ours bf16", "llama.cpp F16"), ("ours int8", "llama.cpp Q8_0")):
+            ratio = anchor["ratios"][f"{ours} / {theirs}"]
+            rows.append([f"decode batch 1, {ours} vs {theirs} [{kind}]", ratio, ">= 1.0x", "yes" if ratio >= 1 else "NO"])
     rows.append(["preprocessing 12-tile image vs model card", pre["from_file"]["speedup"], ">= 3x",
                  "yes" if pre["target_met"] else "NO"])
     print()
@@ -85,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
                "kernels_gemv": {f"{c['shape']} {c['weights']} rows={c['rows']}": {
                    "ours_gbps": c["ours_gbps"], "torch_gbps": c["torch_gbps"], "speedup": c["speedup"]}
                    for c in kernels},
+               "llamacpp_decode_tok_s": anchor["decode_tok_s"] if anchor else None,
                "wall_s": time.perf_counter() - t0}
     path = C.write_results("summary", summary)
     print(f"\nwrote {path} [suite {summary['wall_s']:.0f}s]")
