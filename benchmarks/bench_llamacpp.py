@@ -1,6 +1,6 @@
 """The outside anchor: llama.cpp against our engine, batch-1 decode, on the same random Qwen2.5-0.5B-shaped weights.
 
-    make bench-llamacpp      # fetches and builds llama-cpp-python (about 15 minutes on 2 cores), then runs this
+    make bench-llamacpp      # fetches and builds llama-cpp-python (6-15 minutes on 2 cores), then runs this
     python -m benchmarks.bench_llamacpp --vocab PATH/ggml-vocab-qwen2.gguf [--prompt-len 32] [--new-tokens 64]
                                         [--repeat 3] [--threads 2]
 
