@@ -29,7 +29,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 # the outside anchor (optional, not needed by make test): llama.cpp's batch-1 decode against ours on the same
-# random weights (benchmarks/bench_llamacpp.py). Builds llama-cpp-python from source once: 6 minutes on 2 Zen 4 cores (15 reported elsewhere).
+# random weights (benchmarks/bench_llamacpp.py). Builds llama-cpp-python from source once: 6 minutes on 2 Zen 4
+# cores (15 reported elsewhere).
 LLAMACPP := scratch/llamacpp
 LLAMACPP_VERSION := 0.3.36
 $(LLAMACPP)/.installed: $(STAMP)

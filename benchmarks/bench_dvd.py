@@ -175,20 +175,21 @@ def multi_machine(mono: dict, dvd: dict, answer_tokens: int, vision_servers: int
     side more (decode is memory-bound); this is the pipelining's share alone."""
     decode = (answer_tokens - 1) * dvd["decode_s_per_token"]
     mono_rps = 1 / (mono["first_token_s"] + (answer_tokens - 1) * mono["decode_s_per_token"])
-    vision_rps = vision_servers / dvd["vision_encode_s"]
-    language_rps = 1 / (dvd["prefill_and_transfer_s"] + decode)
-    rps = min(vision_rps, language_rps)
-    return {"vision_servers": vision_servers, "requests_per_s": rps, "vs_mono": rps / mono_rps,
-            "bound": "vision" if vision_rps < language_rps else "language"}
+    return paced(vision_servers, mono_rps, vision_servers / dvd["vision_encode_s"],
+                 1 / (dvd["prefill_and_transfer_s"] + decode))
 
 
 def multi_machine_from_load(mono: dict, dvd: dict, cores: int, vision_servers: int) -> dict:
     """The same estimate from where the CPU went under the concurrent load (batching included): each side's
     CPU seconds per request, spread over `cores` cores of a machine of its own, against the monolithic run's
     own CPU seconds per request on the same cores."""
-    mono_rps = cores / mono["cpu_s_per_request"]["all"]
-    vision_rps = vision_servers * cores / dvd["cpu_s_per_request"]["vision"]
-    language_rps = cores / dvd["cpu_s_per_request"]["language"]
+    cpu = dvd["cpu_s_per_request"]
+    return paced(vision_servers, cores / mono["cpu_s_per_request"]["all"],
+                 vision_servers * cores / cpu["vision"], cores / cpu["language"])
+
+
+def paced(vision_servers: int, mono_rps: float, vision_rps: float, language_rps: float) -> dict:
+    """A two-stage pipeline runs at its slower stage's rate; that rate against the monolithic server's."""
     rps = min(vision_rps, language_rps)
     return {"vision_servers": vision_servers, "requests_per_s": rps, "vs_mono": rps / mono_rps,
             "bound": "vision" if vision_rps < language_rps else "language"}

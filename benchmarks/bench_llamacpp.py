@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import statistics
 import sys
 import tempfile
@@ -32,9 +33,10 @@ if __package__ in (None, ""):
 from benchmarks import common as C  # noqa: E402
 
 VOCAB = 151_936  # Qwen2's vocabulary (Qwen2.5-0.5B's embedding rows)
+DEFAULT_VOCAB = Path(__file__).resolve().parent.parent / "scratch" / "llamacpp" / "ggml-vocab-qwen2.gguf"
 
 
-def missing() -> str | None:
+def missing(vocab: Path = DEFAULT_VOCAB) -> str | None:
     """Why this benchmark cannot run here (None when it can)."""
     try:
         import gguf  # noqa: F401
@@ -42,26 +44,10 @@ def missing() -> str | None:
     except ImportError as e:
         return (f"{e.name} is not installed: `make bench-llamacpp` builds llama-cpp-python and installs gguf "
                 "(an optional benchmark extra, not needed by make test)")
+    if not vocab.is_file():
+        return (f"no vocabulary file at {vocab}: pass --vocab PATH/ggml-vocab-qwen2.gguf (in the "
+                "llama-cpp-python source distribution, vendor/llama.cpp/models/)")
     return None
-
-
-def build_model():
-    """InternVL3-1B with Qwen2's vocabulary, random bf16 weights (the LLM is what both sides run)."""
-    import torch
-
-    from internvl.models.internvl import InternVL
-    from internvl.presets import PRESETS
-    cfg = PRESETS["InternVL3-1B"].config
-    cfg = cfg.replace(llm=dataclasses.replace(cfg.llm, vocab_size=VOCAB))
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # never materialize an fp32 copy
-    try:
-        model = InternVL(cfg)
-    finally:
-        torch.set_default_dtype(previous)
-    torch.manual_seed(0)
-    model.init_weights(0.02)
-    return model.eval()
 
 
 def gguf_tensors(llm) -> dict:
@@ -175,22 +161,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    why = missing()
+    vocab = args.vocab or DEFAULT_VOCAB
+    why = missing(vocab)
     if why:
         sys.exit(f"bench_llamacpp: {why}")
-    vocab = args.vocab or DEFAULT_VOCAB
-    if not vocab.is_file():
-        sys.exit(f"bench_llamacpp: no vocabulary file at {vocab}: pass --vocab PATH/ggml-vocab-qwen2.gguf "
-                 "(in the llama-cpp-python source distribution, vendor/llama.cpp/models/)")
     C.setup()
+    import llama_cpp
     import torch
 
+    from benchmarks.bench_quantize import build, timed_run
     from internvl.engine.engine import Engine
-    from internvl.engine.sampling import SamplingParams
+    from internvl.presets import PRESETS
     from internvl.quantize import quantize_int8
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = build_model()
+    cfg = PRESETS["InternVL3-1B"].config  # its LLM is Qwen2.5-0.5B's shape but for the vocabulary
+    model = build(cfg.replace(llm=dataclasses.replace(cfg.llm, vocab_size=VOCAB)))
     ours = {"bf16": model, "int8": quantize_int8(copy.deepcopy(model))}
     ctx = args.prompt_len + args.new_tokens + 8
     engines = {name: Engine(m, max_batch=1, max_len=ctx) for name, m in ours.items()}
@@ -207,13 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
         load = C.OtherLoad().start()
         for r in range(args.repeat + 1):  # round 0 warms up (kernels, caches) and is not counted
             for name, engine in engines.items():
-                seq = engine.submit(prompt, None, SamplingParams(max_new_tokens=args.new_tokens))
-                engine.step()
-                t1 = time.perf_counter()
-                while engine.has_work():
-                    engine.step()
+                tok_s = timed_run(engine, prompt, args.new_tokens)["decode_tok_s"]
                 if r:
-                    runs[f"ours {name}"].append((len(seq.output_ids) - 1) / (time.perf_counter() - t1))
+                    runs[f"ours {name}"].append(tok_s)
             for name, ll in theirs.items():
                 tok_s = ll.decode_tok_s(prompt, args.new_tokens)
                 if r:
@@ -223,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = [("ours bf16", "llama.cpp BF16"), ("ours bf16", "llama.cpp F16"), ("ours int8", "llama.cpp Q8_0")]
     out = {"machine": C.machine_info(), "threads": args.threads, "prompt_len": args.prompt_len,
            "new_tokens": args.new_tokens, "repeat": args.repeat, "other_load": other,
-           "llama_cpp_version": __import__("llama_cpp").__version__, "decode_tok_s": tok_s, "runs": runs,
+           "llama_cpp_version": llama_cpp.__version__, "decode_tok_s": tok_s, "runs": runs,
            "ratios": {f"{a} / {b}": tok_s[a] / tok_s[b] for a, b in pairs}}
     print(C.table(f"batch-1 decode, random Qwen2.5-0.5B-shaped LLM, {args.threads} threads, prompt "
                   f"{args.prompt_len}, {args.new_tokens} tokens (other load {other})",
@@ -231,13 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
     for k, v in out["ratios"].items():
         print(f"  {k}: {v:.2f}x")
     if args.out:
-        Path(args.out).write_text(__import__("json").dumps(out, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     else:
         C.log(f"wrote {C.write_results('llamacpp', out)}")
     return out
 
-
-DEFAULT_VOCAB = Path(__file__).resolve().parent.parent / "scratch" / "llamacpp" / "ggml-vocab-qwen2.gguf"
 
 if __name__ == "__main__":
     main()

@@ -49,8 +49,9 @@ def contention(interval: float = 0.5) -> dict:
         return {}
 
 
-def build() -> InternVL:
-    cfg = PRESETS["InternVL3-1B"].config
+def build(cfg=None) -> InternVL:
+    """Random bf16 weights (std 0.02, seed 0) in `cfg`, by default InternVL3-1B's configuration."""
+    cfg = cfg or PRESETS["InternVL3-1B"].config
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # never materialize the fp32 model (3.8 GB)
     try:

@@ -258,16 +258,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """
     if isinstance(mask, Segments):
         return mask.attend(q, k, v)
-    if q.shape[2] == 1 and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-        # torch's CPU SDPA is ~8x slower for one bf16 query than for fp32 (1.9 against 0.2 ms per layer over
-        # 800 cached keys: 50 ms of a decode step with one image in context); widening the cache costs less
-        # and keeps the scores in fp32 (bf16 scores would lose ~0.1 on logits of ~40)
-        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
-                                             enable_gqa=k.shape[1] != q.shape[1])
-        return out.to(q.dtype)
+    # torch's CPU SDPA is ~8x slower for one bf16 query than for fp32 (1.9 against 0.2 ms per layer over 800
+    # cached keys: 50 ms of a decode step with one image in context); widening the cache costs less and keeps
+    # the scores in fp32 (bf16 scores would lose ~0.1 on logits of ~40)
+    widen = q.shape[2] == 1 and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+    qs, ks, vs = (q.float(), k.float(), v.float()) if widen else (q, k, v)
     # grouped KV heads are shared by SDPA itself (no repeated copy of the cache per step)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                          enable_gqa=k.shape[1] != q.shape[1])
+    out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, is_causal=is_causal and mask is None,
+                                         enable_gqa=k.shape[1] != q.shape[1])
+    return out.to(q.dtype) if widen else out
 
 
 # Scores held at once by `sink_attention` (elements); queries are processed in chunks below this.
