@@ -11,7 +11,7 @@ Measures (bf16 for both implementations unless noted; 2 threads):
            25-32 tokens, left-padded for transformers); per-step times from per-token timestamps, prefill excluded
   roofline decode bytes per token (LLM weights as read + KV cache) / measured copy bandwidth
   memory   peak RSS of load + one image-prompt generation, ours and transformers each in a fresh subprocess
-  what-if  ours at batch 1 with oneDNN disabled during decode (ATen's bf16 GEMV; a candidate engine fix)
+  what-if  ours at batch 1 with the fused decode layer off (what kernels/layer.c is worth)
   fp32     decode batch 1 in float32 (both), if not --no-fp32
 Ours runs with the precision plan `internvl chat` picks on this CPU (--precision overrides; the main
 sections' plan is recorded as "precision"); transformers runs bf16, as its model card does.
@@ -222,27 +222,27 @@ def bench_decode(impls: dict, batch: int, new_tokens: int, repeat: int) -> dict:
     return res
 
 
-class OursNoOneDNN(Ours):
-    """Ours with oneDNN switched off while it generates, so bf16 matmuls with one row (batch-1 decode) run on
-    ATen's own GEMV. A what-if for the engine, measured here without touching src/."""
+class OursModules(Ours):
+    """Ours with the fused decode layer off (`internvl.kernels.layer.ENABLED`): every decode step runs the
+    decoder's modules, ~60 small ops a layer around the same GEMV kernels. What the fused layer is worth."""
 
     def generate(self, prompts, new_tokens, pixel_values=None):
-        before = torch._C._get_mkldnn_enabled()
-        torch._C._set_mkldnn_enabled(False)
+        from internvl.kernels import layer
+        layer.ENABLED = False
         try:
             return super().generate(prompts, new_tokens, pixel_values)
         finally:
-            torch._C._set_mkldnn_enabled(before)
+            layer.ENABLED = True
 
 
 def bench_decode_what_if(model, new_tokens: int, repeat: int) -> dict:
-    """Batch-1 decode of ours with oneDNN off (see `OursNoOneDNN`); same prompt as `bench_decode`."""
-    impl = OursNoOneDNN(model)
+    """Batch-1 decode of ours with the fused decode layer off (see `OursModules`); same prompt as `bench_decode`."""
+    impl = OursModules(model)
     prompts = text_prompts(1, [PROMPT_LEN], seed=11)
-    C.log("decode what-if: batch 1, ours with oneDNN disabled (ATen bf16 GEMV)")
+    C.log("decode what-if: batch 1, ours with the fused decode layer off (the modules around the GEMVs)")
     impl.generate(prompts, 4)
     runs = [impl.generate(prompts, new_tokens)[1] for _ in range(repeat)]
-    return {"ours_no_onednn": _decode_stats(runs, 1), "new_tokens": new_tokens}
+    return {"ours_modules": _decode_stats(runs, 1), "new_tokens": new_tokens}
 
 
 def bench_roofline(ours_model, decode_b1: dict, bandwidth: dict, new_tokens: int, dtype_name: str) -> dict:
@@ -362,9 +362,9 @@ def report(r: dict) -> str:
                          d["ours"]["tokens_per_s_best_step"], d["ref"]["tokens_per_s_best_step"], d.get("other_load")])
     if "decode_b1_what_if" in r:
         d = r["decode_b1_what_if"]
-        rows.append(["  what-if: ours, oneDNN off (ATen GEMV) [tok/s]", d["ours_no_onednn"]["tokens_per_s"],
+        rows.append(["  what-if: ours, fused layer off [tok/s]", d["ours_modules"]["tokens_per_s"],
                      r["decode_b1"]["ref"]["tokens_per_s"], d["speedup_vs_ref"], None,
-                     d["ours_no_onednn"]["tokens_per_s_best_step"], None, d.get("other_load")])
+                     d["ours_modules"]["tokens_per_s_best_step"], None, d.get("other_load")])
     if "decode_b8" in r:
         d = r["decode_b8"]
         rows.append(["decode batch 8: prefill of the 8 prompts [s]", statistics.median(d["ours"]["prefill_s"]),
@@ -383,7 +383,7 @@ def report(r: dict) -> str:
             ["copy bandwidth (read+write) [GB/s]", rl["bandwidth_gbps"], None],
             ["roofline [tok/s]", rl["roofline_tokens_per_s"], None],
             ["achieved fraction of roofline", rl["ours_fraction"], rl["ref_fraction"]],
-            ["  what-if, ours with oneDNN off", rl.get("what_if_no_onednn_fraction"), None],
+            ["  what-if, ours with the fused layer off", rl.get("what_if_modules_fraction"), None],
             ["achieved weight bandwidth [GB/s]", rl["ours_achieved_gbps"], rl["ref_achieved_gbps"]]]
     if "roofline_fp32" in r:
         rf = r["roofline_fp32"]
@@ -470,8 +470,8 @@ def main(argv: list[str] | None = None) -> dict:
     bw = {k: max(b[k] for b in bw_runs) for k in bw_runs[0]}
     r["bandwidth"] = {**bw, "runs": bw_runs}
     r["roofline"] = bench_roofline(ours_model, r["decode_b1"], bw, new_tokens, "bfloat16")
-    w = r["decode_b1_what_if"]["ours_no_onednn"]["tokens_per_s"]
-    r["roofline"]["what_if_no_onednn_fraction"] = w / r["roofline"]["roofline_tokens_per_s"]
+    w = r["decode_b1_what_if"]["ours_modules"]["tokens_per_s"]
+    r["roofline"]["what_if_modules_fraction"] = w / r["roofline"]["roofline_tokens_per_s"]
     r["decode_b1_what_if"]["speedup_vs_ref"] = w / r["decode_b1"]["ref"]["tokens_per_s"]
     del impls, ours_model
 

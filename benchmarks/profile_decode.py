@@ -5,7 +5,8 @@
 Three views of the same engine decode steps on the random InternVL3-1B checkpoint:
   1. plain wall time per step;
   2. inclusive time per part of the model (perf_counter around modules and engine functions via hooks and
-     wrappers installed in this process only), summed over layers, and the rest of the step as "other";
+     wrappers installed in this process only), summed over layers, and the rest of the step as "other"
+     (hooks keep a step on the module path: the fused layer kernel, kernels/layer.c, is not in this view);
   3. torch.profiler's top aten ops by self CPU time, and the share of the step no op accounts for
      (Python, module call and dispatch overhead).
 Also times the decode-shaped matrix-vector products alone (F.linear, M = batch) against the copy bandwidth.

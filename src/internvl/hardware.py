@@ -123,7 +123,8 @@ def fast_paths() -> dict[str, str]:
         "bf16 GEMV": "yes: 1-row bf16 decode steps use torch's own kernel instead of oneDNN (runtime.matmul_mode)",
         "int8 GEMV": (f"yes: torch._weight_int8pack_mm for --quantize int8 steps of <= {PACK_MAX_ROWS} rows"
                       if int8 else "no: this torch lacks _weight_int8pack_mm; --quantize int8 dequantizes per matmul"),
-        "C compiler": f"{compiler} (for compiled kernels)" if compiler else "none found (compiled kernels fall back)",
+        "C compiler": (f"{compiler} (for the compiled decode kernels: GEMV, fused decode layer)" if compiler
+                       else "none found (compiled kernels fall back)"),
         "CUDA": (f"{torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s)"
                  if torch.cuda.is_available() else "not available"),
     }

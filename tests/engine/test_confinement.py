@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from internvl.engine.engine import Engine
-from internvl.engine.sampling import SamplingParams, sample
+from internvl.engine.sampling import SamplingParams, nonfinite_rows, sample
 from internvl.errors import ConfigError, GenerationError, ImageSizeError
 from internvl.models.internvl import InternVL
 from internvl.presets import PRESETS
@@ -72,6 +72,17 @@ def test_extreme_but_valid_penalties_sample_finite_tokens(model):
         (seq,) = Engine(model, max_batch=1).generate([(prompt(4), None, SamplingParams(
             max_new_tokens=6, temperature=1.0, seed=2, repetition_penalty=p))])
         assert len(seq.output_ids) == 6 and seq.error is None
+
+
+def test_nonfinite_rows_finds_nan_and_both_infinities_but_not_an_overflowing_sum():
+    logits = torch.zeros(5, 40)
+    logits[1, 3], logits[2, 39], logits[4, 0] = float("nan"), float("inf"), float("-inf")
+    logits[3] = 3e38  # every value finite; their sum overflows, which must not count as an error
+    assert nonfinite_rows(logits) == [1, 2, 4]
+    assert nonfinite_rows(torch.randn(2, 151936)) == []
+    both = torch.zeros(1, 10)
+    both[0, 1], both[0, 2] = float("inf"), float("-inf")  # sum NaN
+    assert nonfinite_rows(both) == [0]
 
 
 def test_a_row_with_nan_logits_fails_alone_and_draws_no_randomness():

@@ -21,8 +21,10 @@ from torch import nn
 from internvl.engine.engine import Engine
 from internvl.engine.sampling import SamplingParams
 from internvl.kernels import build, gemv
+from internvl.kernels import layer as fused_layer
 from internvl.kernels.gemv import (decode_kernels, dense_weight, dequantize_int4, int4_weight, int8_weight, linear,
                                    matmul, quantize_int4)
+from internvl.models import decoder
 from internvl.models.internvl import InternVL
 from internvl.presets import PRESETS
 from internvl.quantize import Int8Linear, quantize_int8
@@ -219,19 +221,42 @@ def greedy(model: InternVL, logits: list | None = None) -> list[list[int]]:
 # Each model's seed is one whose reference greedy steps have clear top-1 margins (random models have flat
 # logits, and bf16 ties are common): at least one bf16 step at the top logits (1/64) for bf16, at least 1/32
 # and above the int8 deviation for int8. The deviation bounds are the parity tolerances in docs/parity.md.
+def count_fused_steps(monkeypatch) -> list[int]:
+    """Rows of each decode step the fused layer kernel (layer.c) ran."""
+    steps = []
+    real = decoder.decode_layers
+
+    def spy(layers, x, *args):
+        out = real(layers, x, *args)
+        if out is not None:
+            steps.append(x.shape[0])
+        return out
+
+    monkeypatch.setattr(decoder, "decode_layers", spy)
+    return steps
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-layers", "per-product"])
 @pytest.mark.parametrize("dtype,int8,tied,seed,max_dev", [
     (torch.bfloat16, False, False, 1, 0.02), (torch.bfloat16, True, False, 0, 0.06),
     (torch.float32, False, True, 6, 1e-4), (torch.bfloat16, True, True, 6, 0.06)])
-def test_greedy_tokens_equal_with_kernels_on_and_off(lib, monkeypatch, dtype, int8, tied, seed, max_dev):
+def test_greedy_tokens_equal_with_kernels_on_and_off(lib, monkeypatch, fused, dtype, int8, tied, seed, max_dev):
     model = qwen2_model(dtype, tied, seed, hidden=80, inter=208)
     if int8:
         model = quantize_int8(model, tied_head=tied)
-    calls = count_kernel_calls(monkeypatch)
+    monkeypatch.setattr(fused_layer, "ENABLED", fused)
+    calls, steps = count_kernel_calls(monkeypatch), count_fused_steps(monkeypatch)
     on_logits, off_logits = [], []
     on = greedy(model, on_logits)
-    layers = 7 * model.config.llm.num_hidden_layers + 1
-    assert {c[0] for c in calls} == ({1, 2, 3, 4} if int8 else {1})  # rows per decode step (DENSE_MAX_ROWS)
-    assert len(calls) >= layers * (7 if int8 else 2)  # every layer in every step the kernel takes
+    rows = set(range(1, fused_layer.max_rows(int8, dtype) + 1)) & {1, 2, 3, 4}
+    if fused:  # every decode step the kernels take runs the fused layers; only the head is a separate product
+        assert set(steps) == rows
+        assert len(calls) >= steps.count(1) and all(c[-1] == 80 for c in calls)  # the head, in 1-row steps
+    else:
+        layers = 7 * model.config.llm.num_hidden_layers + 1
+        assert not steps
+        assert {c[0] for c in calls} == ({1, 2, 3, 4} if int8 else {1})  # rows per decode step (DENSE_MAX_ROWS)
+        assert len(calls) >= layers * (7 if int8 else 2)  # every layer in every step the kernel takes
     monkeypatch.setattr(gemv, "available", lambda: False)
     off = greedy(copy.deepcopy(model), off_logits)
     top2 = [x.topk(2, dim=-1).values for x in off_logits]

@@ -112,6 +112,15 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
+def nonfinite_rows(logits: torch.Tensor) -> list[int]:
+    """Rows of (B, V) logits holding a NaN or an infinity. One sum per row first: NaN and inf carry into it,
+    so only a non-finite sum (or one that overflowed) needs the elementwise test, which costs ~1 ms per step
+    over a 150k vocabulary."""
+    if bool(torch.isfinite(logits.sum(-1)).all()):
+        return []
+    return (~torch.isfinite(logits).all(-1)).nonzero().flatten().tolist()
+
+
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
            seen: list[torch.Tensor]) -> tuple[list[int], dict[int, str]]:
     """Last-position logits (B, V) -> (next token id per row, {row: why} for rows that cannot be sampled).
@@ -120,8 +129,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     before any random number is drawn, so a seeded request samples the same tokens whatever its neighbours.
     """
     logits = logits.float()
-    errors = {row: "the model produced non-finite logits (NaN or inf)"
-              for row in (~torch.isfinite(logits).all(-1)).nonzero().flatten().tolist()}
+    errors = {row: "the model produced non-finite logits (NaN or inf)" for row in nonfinite_rows(logits)}
     logits = apply_repetition_penalty(logits, seen, [p.repetition_penalty for p in params])
     out = logits.argmax(-1)
     probs: dict[int, torch.Tensor] = {}

@@ -1,4 +1,5 @@
-"""Compile decode.c on first use with the system C compiler, cache the library per user, load it with ctypes.
+"""Compile the kernels (decode.c, layer.c) on first use with the system C compiler, cache the library per
+user, load it with ctypes.
 
 The library is built for the CPU this process runs on (AVX-512 with or without BF16, AVX2+FMA, or the
 compiler's baseline, chosen from /proc/cpuinfo) and cached under `~/.cache/internvl/kernels` (or `$XDG_CACHE_HOME`, or
@@ -28,7 +29,8 @@ import threading
 import warnings
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("decode.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("decode.c", "layer.c")]
+HEADER = Path(__file__).with_name("kernels.h")
 SWITCH = "INTERNVL_KERNELS"  # "0" turns the kernels off
 CACHE_ENV = "INTERNVL_KERNELS_CACHE"
 BUILD_TIMEOUT_S = 900  # a slow, busy machine needs minutes for the baseline build
@@ -49,6 +51,15 @@ class Mat(ctypes.Structure):
     _fields_ = [("fmt", ctypes.c_int32), ("n", ctypes.c_int32), ("k", ctypes.c_int32), ("pad_", ctypes.c_int32),
                 ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("gscale", ctypes.c_void_p),
                 ("bias", ctypes.c_void_p)]
+
+
+class Layer(ctypes.Structure):
+    """One decoder layer as layer.c reads it (its `Layer`): its seven products, norm weights and shape."""
+
+    _fields_ = [*((name, ctypes.POINTER(Mat)) for name in ("q", "k", "v", "o", "gate", "up", "down")),
+                *((name, ctypes.c_void_p) for name in ("in_norm", "post_norm", "q_norm", "k_norm")),
+                ("eps", ctypes.c_float),
+                *((name, ctypes.c_int32) for name in ("n_heads", "n_kv", "head_dim", "hidden", "inter"))]
 
 
 class BuildError(RuntimeError):
@@ -95,13 +106,13 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 
 def build(cc: list[str] | None = None, isa: str | None = None, directory: Path | None = None) -> Path:
-    """Compile decode.c (or find it cached) and return the library's path; raises BuildError."""
+    """Compile the kernels (or find them cached) and return the library's path; raises BuildError."""
     cc = cc or compiler()
     isa = isa or choose_isa(cpu_flags())
     version = _run([*cc, "--version"], 60)
     if version.returncode != 0:
         raise BuildError(f"{shlex.join(cc)} --version exited with {version.returncode}")
-    source = SOURCE.read_bytes()
+    source = b"\0".join(path.read_bytes() for path in [HEADER, *SOURCES])
     flags = ["-O3", "-shared", "-fPIC", "-Wno-psabi", *ISA_FLAGS[isa][1]]
     key = hashlib.sha256(b"\0".join([source, shlex.join(cc + flags).encode(), version.stdout.encode()])).hexdigest()
     directory = directory or cache_dir()
@@ -116,7 +127,7 @@ def build(cc: list[str] | None = None, isa: str | None = None, directory: Path |
     tmp = directory / f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         for openmp in (["-fopenmp"], []):
-            done = _run([*cc, *flags, *openmp, str(SOURCE), "-o", str(tmp), "-lm"], BUILD_TIMEOUT_S)
+            done = _run([*cc, *flags, *openmp, *map(str, SOURCES), "-o", str(tmp), "-lm"], BUILD_TIMEOUT_S)
             if done.returncode == 0:
                 os.replace(tmp, target)  # atomic: other processes see no file or the whole file
                 return target
@@ -126,7 +137,7 @@ def build(cc: list[str] | None = None, isa: str | None = None, directory: Path |
         tmp.unlink(missing_ok=True)
     lines = done.stderr.strip().splitlines()
     why = next((line for line in lines if "error" in line), lines[-1] if lines else f"exit code {done.returncode}")
-    raise BuildError(f"{shlex.join(cc)} could not compile {SOURCE.name}: {why}")
+    raise BuildError(f"{shlex.join(cc)} could not compile the kernels: {why}")
 
 
 def load(path: Path) -> ctypes.CDLL:
@@ -134,10 +145,16 @@ def load(path: Path) -> ctypes.CDLL:
     lib.iv_gemv.argtypes = [ctypes.POINTER(Mat), ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
                             ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.iv_gemv.restype = ctypes.c_int
+    lib.iv_decode_layer.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                    ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.iv_decode_layer.restype = ctypes.c_int
     lib.iv_team_size.argtypes = [ctypes.c_int]
     lib.iv_team_size.restype = ctypes.c_int
     lib.iv_isa.restype = ctypes.c_char_p
     lib.iv_openmp_entry.restype = ctypes.c_void_p
+    if lib.iv_sizeof_layer() != ctypes.sizeof(Layer):
+        raise BuildError(f"{path.name}: its Layer has {lib.iv_sizeof_layer()} bytes, ours {ctypes.sizeof(Layer)}")
     if lib.iv_sizeof_mat() != ctypes.sizeof(Mat):
         raise BuildError(f"{path.name}: its Mat has {lib.iv_sizeof_mat()} bytes, ours {ctypes.sizeof(Mat)}")
     return lib

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import LLMConfig
 from ..kernels import linear
+from ..kernels.layer import decode_layers
 from .gpt_oss import GptOssMoE
 from .layers import RMSNorm, RotaryEmbedding, Segments, SwiGLU, apply_rotary, attention, sink_attention
 from .moe import SparseMoE
@@ -129,6 +130,9 @@ class Decoder(nn.Module):
         With `mask=None` and no cache the attention is plain causal.
         """
         cos, sin = self.rotary(position_ids, inputs_embeds.dtype)
+        fused = decode_layers(self.layers, inputs_embeds, cos, sin, cache)  # a CPU decode step: one C call a layer
+        if fused is not None:
+            return self.norm(fused)
         x = inputs_embeds
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
