@@ -29,8 +29,10 @@ REPORTED_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16"
 
 # Set before torch is imported (a child process), these make an AVX-512 machine compute like an AVX2-only
 # one: torch's vectorized kernels, oneDNN's GEMMs (its bf16 GEMM drops from native speed to emulated) and
-# MKL's fp32 GEMM all stop using AVX-512; `cpu_kind` then reports "avx2 (emulated: ...)".
-EMULATE_AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+# MKL's fp32 GEMM all stop using AVX-512, and our decode kernels are built for AVX2; `cpu_kind` then reports
+# "avx2 (emulated: ...)".
+EMULATE_AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                    "INTERNVL_KERNELS_ISA": "avx2"}
 
 
 @functools.cache

@@ -350,3 +350,20 @@ def test_other_instruction_sets_give_the_same_products(lib, isa):
         for rows in (1, 3, 8):
             x = torch.randn(rows, 96)
             check(matmul(x, w, other), x, w64, b64)
+
+
+def test_the_isa_override_builds_what_it_names_and_refuses_what_it_cannot(fresh_build, monkeypatch):
+    if not build.ISA_FLAGS["avx2"][0] <= build.cpu_flags():
+        pytest.skip("this CPU cannot run the avx2 build")
+    monkeypatch.setenv(build.ISA_ENV, "avx2")
+    assert build.library().iv_isa().decode() == "avx2"
+    for bad, why in (("avx9000", "names no build"), ("sse1", "names no build")):
+        build.reset()
+        monkeypatch.setenv(build.ISA_ENV, bad)
+        with pytest.warns(RuntimeWarning, match=why):
+            assert build.library() is None  # one warning, then the PyTorch path
+    build.reset()
+    monkeypatch.setattr(build, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setenv(build.ISA_ENV, "avx512")
+    with pytest.warns(RuntimeWarning, match="cannot run the avx512 build"):
+        assert build.library() is None

@@ -14,6 +14,8 @@ a second one that would spin against it.
 
 Without a compiler, or when the build fails, `library()` warns once (one line: why, and that the PyTorch path
 is used) and returns None; `INTERNVL_KERNELS=0` turns the kernels off without a warning.
+`INTERNVL_KERNELS_ISA=avx2|avx512|generic` builds for a smaller instruction set than the CPU's (how the
+benchmarks emulate an AVX2-only CPU).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ SOURCES = [Path(__file__).with_name(name) for name in ("decode.c", "layer.c")]
 HEADER = Path(__file__).with_name("kernels.h")
 SWITCH = "INTERNVL_KERNELS"  # "0" turns the kernels off
 CACHE_ENV = "INTERNVL_KERNELS_CACHE"
+ISA_ENV = "INTERNVL_KERNELS_ISA"  # build for another instruction set this CPU also runs (e.g. avx2, to emulate)
 BUILD_TIMEOUT_S = 900  # a slow, busy machine needs minutes for the baseline build
 
 ISA_FLAGS = {  # name -> (cpuinfo flags it needs, compiler flags); the first the CPU has is built
@@ -108,7 +111,12 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
 def build(cc: list[str] | None = None, isa: str | None = None, directory: Path | None = None) -> Path:
     """Compile the kernels (or find them cached) and return the library's path; raises BuildError."""
     cc = cc or compiler()
-    isa = isa or choose_isa(cpu_flags())
+    isa = isa or os.environ.get(ISA_ENV, "").strip() or choose_isa(cpu_flags())
+    if isa not in ISA_FLAGS:
+        raise BuildError(f"{ISA_ENV}={isa!r} names no build; choose one of {', '.join(ISA_FLAGS)}")
+    if not ISA_FLAGS[isa][0] <= cpu_flags():
+        raise BuildError(f"this CPU cannot run the {isa} build (it lacks "
+                         f"{', '.join(sorted(ISA_FLAGS[isa][0] - cpu_flags()))})")
     version = _run([*cc, "--version"], 60)
     if version.returncode != 0:
         raise BuildError(f"{shlex.join(cc)} --version exited with {version.returncode}")

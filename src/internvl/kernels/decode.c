@@ -6,10 +6,10 @@
  * format the model holds them in: fp32, bf16, int8 with one fp32 scale per row, or int4 in groups of 32 with
  * one bf16 scale per group.
  *
- * Written once with GCC/Clang vector extensions (16 floats per vector); build.py compiles it per instruction
- * set (AVX-512, AVX2+FMA, or the compiler's baseline), so the same source serves every CPU. OpenMP splits the
- * weight rows between threads; build.py links against the OpenMP runtime torch has already loaded, so both
- * share one thread pool.
+ * Written once with GCC/Clang vector extensions (vectors as wide as the build's registers, see kernels.h);
+ * build.py compiles it per instruction set (AVX-512, AVX2+FMA, or the compiler's baseline), so the same source
+ * serves every CPU. OpenMP splits the weight rows between threads; build.py links against the OpenMP runtime
+ * torch has already loaded, so both share one thread pool.
  */
 #include "kernels.h"
 
@@ -44,19 +44,21 @@ static inline __attribute__((always_inline)) void block_impl(const Mat *W, const
     if (fmt == W_I4) {
         const uint8_t *w = (const uint8_t *)W->w;
         const int G = K / I4_GROUP;
-        for (int g = 0; g < G; g++, k += I4_GROUP) {
-            vf lo[MAX_R], hi[MAX_R];
-            for (int r = 0; r < R; r++) {
-                float s = bf16_to_f32(W->gscale[(size_t)(n0 + r) * G + g]);
-                load_i4(w + (size_t)(n0 + r) * (K / 2) + g * 16, &lo[r], &hi[r]);
-                lo[r] = (lo[r] - 8.f) * s;
-                hi[r] = (hi[r] - 8.f) * s;
+        for (int g = 0; g < G; g++, k += I4_GROUP)
+            for (int c = 0; c < I4_GROUP / 2; c += VL) { /* one pass with 16 lanes, more with fewer */
+                vf lo[MAX_R], hi[MAX_R];
+                for (int r = 0; r < R; r++) {
+                    float s = bf16_to_f32(W->gscale[(size_t)(n0 + r) * G + g]);
+                    load_i4(w + (size_t)(n0 + r) * (K / 2) + g * 16 + c, &lo[r], &hi[r]);
+                    lo[r] = (lo[r] - 8.f) * s;
+                    hi[r] = (hi[r] - 8.f) * s;
+                }
+                for (int m = 0; m < M; m++) {
+                    const float *xm = x + (size_t)m * ldx + k + c;
+                    vf xl = vload(xm), xh = vload(xm + I4_GROUP / 2);
+                    for (int r = 0; r < R; r++) acc[r][m] += lo[r] * xl + hi[r] * xh;
+                }
             }
-            for (int m = 0; m < M; m++) {
-                vf xl = vload(x + (size_t)m * ldx + k), xh = vload(x + (size_t)m * ldx + k + VL);
-                for (int r = 0; r < R; r++) acc[r][m] += lo[r] * xl + hi[r] * xh;
-            }
-        }
     } else if (M == 1 && R == 1) { /* one row, one sequential stream; four accumulators hide the FMA latency */
         const size_t row = (size_t)n0 * K;
         vf a1 = {0}, a2 = {0}, a3 = {0};
