@@ -215,3 +215,18 @@ def test_other_instruction_sets_give_the_same_step(monkeypatch, isa):
     ref, got, ref_cache, cache = both(llm, torch.float32, monkeypatch)
     torch.testing.assert_close(got, ref, rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(cache.k[1], ref_cache.k[1], rtol=2e-5, atol=2e-5)
+
+
+def test_dense_rows_follow_the_build_and_amx(monkeypatch):
+    """bf16 takes 8 rows only on the AVX512-BF16 build of a CPU without AMX (oneDNN's AMX products are faster)."""
+    lib = build.library()
+    monkeypatch.setattr(fused, "library", lambda: lib)
+    native = lib.iv_isa() == b"avx512bf16"
+    try:
+        for flags, rows in (({"avx512_bf16"}, 8 if native else 1), ({"avx512_bf16", "amx_bf16"}, 1)):
+            monkeypatch.setattr(fused, "cpu_flags", lambda flags=flags: flags)
+            fused._has_amx.cache_clear()
+            assert fused.max_rows(False, torch.bfloat16) == rows
+            assert fused.max_rows(False, torch.float32) == 1 and fused.max_rows(True, torch.float32) == 8
+    finally:
+        fused._has_amx.cache_clear()
