@@ -109,8 +109,8 @@ def decode_layers(layers: nn.ModuleList, x: torch.Tensor, cos: torch.Tensor, sin
     rows = x.shape[0]
     plans = []
     for i, block in enumerate(layers):
-        kc, vc = store.k[i], store.v[i]
-        if kc is None or kc.dtype != x.dtype or _hooked(block):
+        keys = store.k[i]  # (slots, kv_heads, capacity, head_dim), as layer.c indexes it
+        if keys is None or keys.dtype != x.dtype or not keys.is_contiguous() or _hooked(block):
             return None
         plan = _plan(block, x)
         if plan is None or rows > max_rows(plan.int8, x.dtype):
