@@ -64,7 +64,8 @@ static inline float dot(const void *a, const void *b, int d, int bf16) {
     const size_t es = bf16 ? 2 : 4;
     vf acc = {0};
     int i = 0;
-    for (; i + VL <= d; i += VL) acc += load_act((const char *)a + i * es, bf16) * load_act((const char *)b + i * es, bf16);
+    for (; i + VL <= d; i += VL)
+        acc += load_act((const char *)a + i * es, bf16) * load_act((const char *)b + i * es, bf16);
     float s = hsum(acc);
     for (; i < d; i++) s += ld(a, i, bf16) * ld(b, i, bf16);
     return s;
@@ -94,8 +95,9 @@ static void attend(const void *q, const void *keys, const void *values, int len,
 
 /* x (M, hidden), updated in place: one decode step of one layer for M rows; row m is cache slot slots[m] at
  * position pos[m] (its keys 0..pos[m]-1 already cached). cos, sin: (M, head_dim) rotary tables of the rows.
- * Cache: (slots, n_kv, capacity, head_dim) in the activation dtype. Returns 0, or -1 (nothing written) for
- * arguments it cannot take. */
+ * Cache: (slots, n_kv, capacity, head_dim) in the activation dtype. Returns 0; -1 with nothing written for
+ * arguments it cannot take; -1 after a product failed (out of memory), with x and this step's cache entries
+ * undefined. */
 int iv_decode_layer(const Layer *L, int M, void *x, int bf16, const int32_t *slots, const int32_t *pos,
                     const void *cos, const void *sin, void *kcache, void *vcache, int capacity, int nthreads) {
     const int H = L->n_heads, KV = L->n_kv, D = L->head_dim, E = L->hidden, I = L->inter;
@@ -120,9 +122,9 @@ int iv_decode_layer(const Layer *L, int M, void *x, int bf16, const int32_t *slo
 
     /* attention half */
     for (int m = 0; m < M; m++) rmsnorm((char *)x + m * E * es, L->in_norm, E, L->eps, h + m * E * es, bf16);
-    iv_gemv(L->q, M, h, bf16, E, q, bf16, H * D, nthreads);
-    iv_gemv(L->k, M, h, bf16, E, k, bf16, KV * D, nthreads);
-    iv_gemv(L->v, M, h, bf16, E, v, bf16, KV * D, nthreads);
+    if (iv_gemv(L->q, M, h, bf16, E, q, bf16, H * D, nthreads)) goto fail;
+    if (iv_gemv(L->k, M, h, bf16, E, k, bf16, KV * D, nthreads)) goto fail;
+    if (iv_gemv(L->v, M, h, bf16, E, v, bf16, KV * D, nthreads)) goto fail;
     const size_t head_stride = (size_t)capacity * D, slot_stride = (size_t)KV * head_stride;
     for (int m = 0; m < M; m++) {
         for (int hd = 0; hd < H + KV; hd++) {
@@ -146,21 +148,24 @@ int iv_decode_layer(const Layer *L, int M, void *x, int bf16, const int32_t *slo
         attend(q + (size_t)task * D * es, (char *)kcache + base, (char *)vcache + base, pos[m] + 1, D,
                scores + (size_t)task * longest, a + (size_t)task * D * es, bf16);
     }
-    iv_gemv(L->o, M, a, bf16, H * D, o, bf16, E, nthreads);
+    if (iv_gemv(L->o, M, a, bf16, H * D, o, bf16, E, nthreads)) goto fail;
     for (size_t i = 0; i < nh; i++) st(x, i, ld(x, i, bf16) + ld(o, i, bf16), bf16);
 
     /* feed-forward half */
     for (int m = 0; m < M; m++) rmsnorm((char *)x + m * E * es, L->post_norm, E, L->eps, h + m * E * es, bf16);
-    iv_gemv(L->gate, M, h, bf16, E, g, bf16, I, nthreads);
-    iv_gemv(L->up, M, h, bf16, E, u, bf16, I, nthreads);
+    if (iv_gemv(L->gate, M, h, bf16, E, g, bf16, I, nthreads)) goto fail;
+    if (iv_gemv(L->up, M, h, bf16, E, u, bf16, I, nthreads)) goto fail;
     for (size_t i = 0; i < ni; i++) {
         const float gv = ld(g, i, bf16);
         st(g, i, rd(gv / (1.f + expf(-gv)), bf16) * ld(u, i, bf16), bf16);
     }
-    iv_gemv(L->down, M, g, bf16, I, o, bf16, E, nthreads);
+    if (iv_gemv(L->down, M, g, bf16, I, o, bf16, E, nthreads)) goto fail;
     for (size_t i = 0; i < nh; i++) st(x, i, ld(x, i, bf16) + ld(o, i, bf16), bf16);
     free(buf);
     return 0;
+fail: /* a product refused (it could not allocate): x may be half updated, so the caller must not use it */
+    free(buf);
+    return -1;
 }
 
 /* For the loader's check of the struct layer.py mirrors. */
