@@ -161,6 +161,14 @@ def test_leaves_to_the_modules_what_it_does_not_cover():
     with torch.no_grad(), decode_kernels(1, torch.float32, "cpu"):
         x = llm.embed_tokens(torch.tensor([[4, 5]]))
         assert fused.decode_layers(llm.layers, x, *llm.rotary(view.positions(), x.dtype), view) is None
+    # a cache laid out for another model (head_dim 8 where the layers have 16): writing it would run off its end
+    cfg = llm.cfg
+    narrow = KVCache(cfg.num_hidden_layers, 4, cfg.num_key_value_heads, 64, 8, torch.float32)
+    narrow.allocate()
+    view = narrow.step([0], 1)
+    with torch.no_grad(), decode_kernels(1, torch.float32, "cpu"):
+        x = llm.embed_tokens(torch.tensor([[4]]))
+        assert fused.decode_layers(llm.layers, x, *llm.rotary(view.positions(), x.dtype), view) is None
     # no engine cache: a plain forward with the kernels on
     with torch.no_grad(), decode_kernels(1, torch.float32, "cpu"):
         x = llm.embed_tokens(torch.tensor([[4]]))

@@ -109,8 +109,11 @@ def decode_layers(layers: nn.ModuleList, x: torch.Tensor, cos: torch.Tensor, sin
     rows = x.shape[0]
     plans = []
     for i, block in enumerate(layers):
-        keys = store.k[i]  # (slots, kv_heads, capacity, head_dim), as layer.c indexes it
-        if keys is None or keys.dtype != x.dtype or not keys.is_contiguous() or _hooked(block):
+        keys, values = store.k[i], store.v[i]
+        layout = (store.slots, block.self_attn.n_kv, store.capacity, block.self_attn.head_dim)  # as layer.c indexes
+        if (keys is None or keys.dtype != x.dtype or tuple(keys.shape) != layout or not keys.is_contiguous()
+                or values.dtype != x.dtype or values.shape != keys.shape or not values.is_contiguous()
+                or _hooked(block)):
             return None
         plan = _plan(block, x)
         if plan is None or rows > max_rows(plan.int8, x.dtype):
