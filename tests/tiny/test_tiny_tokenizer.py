@@ -63,3 +63,16 @@ def test_world_text_is_compact(saved):
     example = make_example(3)
     query = build_query(get_template("internvl2_5"), example.prompt, None, [1], 0)  # text tokens only
     assert len(tok.encode(query)) <= 40, len(tok.encode(query))
+
+
+def test_a_shape_plural_is_its_singular_plus_s(saved):
+    """"How many circles" must hold the " circle" token that stage 0 aligns with circles in images, so the
+    plural is the singular token followed by "s", in a count question and in a compare question alike."""
+    tok = Tokenizer.from_pretrained(saved)
+    for shape in ("circle", "square", "triangle"):
+        singular, s = tok.encode(f" {shape}"), tok.encode("s")
+        assert len(singular) == 1
+        assert tok.encode(f"How many {shape}s are there?")[2:4] == singular + s
+        assert tok.encode(f"Which image has more {shape}s?")[-3:-1] == singular + s
+    # words that merely end in a shape name followed by "s" elsewhere are left to BPE as they come
+    assert tok.decode(tok.encode("circlesque squares")) == "circlesque squares"

@@ -67,7 +67,8 @@ InternViT ({v.num_hidden_layers} layers, width {v.hidden_size}, {v.image_size}px
 {cfg.num_image_token} image tokens per tile, dynamic tiling up to {cfg.max_dynamic_patch} tiles + a
 thumbnail, the `{cfg.template}` chat template. Tiles are {v.image_size}px rather than 448px so that the
 whole recipe trains on a 2-core CPU. Tokenizer: a {llm.vocab_size}-row byte-level BPE trained with
-`tokenizers` on the world's conversations, carrying the InternVL special tokens. Weights: bf16,
+`tokenizers` on the world's conversations, carrying the InternVL special tokens; a shape's plural encodes
+as its singular plus "s" ("How many circles" holds the " circle" token stage 0 aligns with circles). Weights: bf16,
 official layout, {size_bytes / 2**20:.1f} MiB in all.
 
 ## Data and recipe

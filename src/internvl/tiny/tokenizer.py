@@ -29,6 +29,10 @@ from . import world
 VOCAB_SIZE = 1024  # an upper bound: training stops earlier once every corpus word is one token
 TEMPLATE = "internvl2_5"
 _SPECIAL_SPLIT = re.compile("|".join(re.escape(t) for t in INTERNVL_SPECIAL_TOKENS))
+# Shape plurals are trained as their singular, so BPE never merges "circles" into one token and it encodes as
+# " circle" + "s": "How many circles" then holds the very token stage 0 aligned with circles in images (a
+# separate " circles" token would have to learn what a circle looks like from the counting questions alone).
+_PLURAL = re.compile(r"\b(" + "|".join(world.SHAPES) + r")s\b")
 
 
 def corpus(template: str = TEMPLATE) -> list[str]:
@@ -43,6 +47,7 @@ def corpus(template: str = TEMPLATE) -> list[str]:
         texts.append(expand_images(render(tpl, [(0, question), (1, None)]), [1] * n_images, 1))
     texts += [answer + tpl.sep for answer in world.answer_texts() + world.description_texts()]
     texts.append(string.printable)
+    texts = [_PLURAL.sub(r"\1", text) for text in texts]
     return [piece for text in texts for piece in _SPECIAL_SPLIT.split(text) if piece]
 
 
