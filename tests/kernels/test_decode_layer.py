@@ -169,6 +169,13 @@ def test_leaves_to_the_modules_what_it_does_not_cover():
     with torch.no_grad(), decode_kernels(1, torch.float32, "cpu"):
         x = llm.embed_tokens(torch.tensor([[4]]))
         assert fused.decode_layers(llm.layers, x, *llm.rotary(view.positions(), x.dtype), view) is None
+    # a slot outside the cache (-1 would index from the end in torch, and before the buffer in layer.c)
+    cache = prefilled(llm, torch.float32)
+    view = cache.step([0], 1)
+    view.slots = [-1]
+    with torch.no_grad(), decode_kernels(1, torch.float32, "cpu"):
+        x = llm.embed_tokens(torch.tensor([[4]]))
+        assert fused.decode_layers(llm.layers, x, *llm.rotary(view.positions(), x.dtype), view) is None
     # no engine cache: a plain forward with the kernels on
     with torch.no_grad(), decode_kernels(1, torch.float32, "cpu"):
         x = llm.embed_tokens(torch.tensor([[4]]))

@@ -107,6 +107,8 @@ def decode_layers(layers: nn.ModuleList, x: torch.Tensor, cos: torch.Tensor, sin
     if getattr(cache, "new_tokens", None) != 1 or not hasattr(store, "k") or len(store.k) != len(layers):
         return None
     rows = x.shape[0]
+    if not all(0 <= s < store.slots for s in cache.slots):  # layer.c checks positions, not slots
+        return None
     plans = []
     for i, block in enumerate(layers):
         keys, values = store.k[i], store.v[i]
