@@ -204,6 +204,22 @@ def test_segments_attention_equals_the_dense_mask():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_segments_keep_the_dtype_the_attention_returns():
+    """Under CUDA autocast SDPA turns fp32 q/k/v into a bf16 result (CPU autocast leaves it fp32, which is why
+    only a GPU run of packed bf16 training saw this): the packed output is built in the attention's dtype."""
+    seq_ids = torch.tensor([[0, 0, 0, 1, 1, -1], [0, 0, 0, 0, 0, 0]])
+    q, k, v = (torch.randn(2, 2, 6, 4) for _ in range(3))
+
+    def bf16_attention(q, k, v):  # what autocast does to SDPA on CUDA
+        return torch.nn.functional.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(),
+                                                                is_causal=True)
+
+    out = Segments(seq_ids).attend(q, k, v, causal_attention=bf16_attention)
+    ref = Segments(seq_ids).attend(q, k, v)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+
+
 def test_dataloader_workers_give_the_same_losses(tmp_path, meta):
     common = dict(max_steps=3, per_device_batch_size=4, packed=True, max_packed_tokens=600)
     assert run(tmp_path, meta, "w0", **common) == run(tmp_path, meta, "w2", num_workers=2, **common)

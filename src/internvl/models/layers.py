@@ -246,7 +246,9 @@ class Segments:
             outs.append(out if slot is None else out.index_select(0, slot))
             srcs.append(src)
         b, t = self.shape
-        packed = q.new_zeros(b * t, q.shape[1], q.shape[3]).index_copy(0, torch.cat(srcs), torch.cat(outs))
+        # the result takes the attention's dtype, not q's: under CUDA autocast SDPA returns bf16 for fp32 q
+        rows = torch.cat(outs)
+        packed = rows.new_zeros(b * t, q.shape[1], q.shape[3]).index_copy(0, torch.cat(srcs), rows)
         return packed.view(b, t, q.shape[1], q.shape[3]).transpose(1, 2)
 
 
