@@ -41,6 +41,14 @@ def test_plan_trains_only_through_the_cli_and_resumes(tmp_path):
     assert steps["tokenizer"][1] and not steps["stage0"][1]
     assert "--resume" in steps["stage0"][0] and "--resume" not in steps["stage2"][0]
 
+    # an evaluation left by a recipe with another stage-2 length is of another checkpoint: it runs again
+    (tmp_path / "eval").mkdir()
+    summary = tmp_path / "eval" / "summary.json"
+    summary.write_text(json.dumps({"model": str(tmp_path / "stage2" / "checkpoint-4000"), "accuracy": 0.88}))
+    assert not {name: done for name, _, done in recipe.plan(tmp_path)}["eval"]
+    summary.write_text(json.dumps({"model": str(recipe.final_checkpoint(tmp_path)), "accuracy": 0.9}))
+    assert {name: done for name, _, done in recipe.plan(tmp_path)}["eval"]
+
 
 def test_stage2_meta_merges_questions_counting_and_fewer_descriptions(tmp_path):
     from internvl.tiny import dataset

@@ -89,9 +89,20 @@ def plan(work: Path) -> list[tuple[str, list[str], bool]]:
          _done(s0, _steps(STAGE0))),
         ("stage2", train(str(s0 / f"checkpoint-{_steps(STAGE0)}"), [], data / "stage2_meta.json", s2, STAGE2),
          _done(s2, _steps(STAGE2))),
-        ("eval", cli("eval", "shapes", "--model", str(s2 / f"checkpoint-{_steps(STAGE2)}"), "--n",
-                      str(EVAL_EXAMPLES), "--out", str(work / "eval")), (work / "eval" / "summary.json").exists()),
+        ("eval", cli("eval", "shapes", "--model", str(final_checkpoint(work)), "--n", str(EVAL_EXAMPLES), "--out",
+                     str(work / "eval")), _evaluated(work / "eval" / "summary.json", final_checkpoint(work))),
     ]
+
+
+def final_checkpoint(work: Path) -> Path:
+    """The checkpoint the recipe evaluates and ships: stage 2's last."""
+    return work / "stage2" / f"checkpoint-{_steps(STAGE2)}"
+
+
+def _evaluated(summary: Path, checkpoint: Path) -> bool:
+    """An evaluation of this very checkpoint is done: a work directory left by a recipe with another stage-2
+    length holds one of another checkpoint, whose numbers must not go on this one's model card."""
+    return summary.exists() and json.loads(summary.read_text()).get("model") == str(checkpoint)
 
 
 def stage2_meta(data: Path) -> Path:
@@ -133,8 +144,7 @@ def run(work: Path, out: Path) -> Path:
             stage2_meta(work / "data")
         run_step(name, command, done, record, record_path)
     from .ship import ship
-    checkpoint = work / "stage2" / f"checkpoint-{_steps(STAGE2)}"
-    return ship(checkpoint, out, record, json.loads((work / "eval" / "summary.json").read_text()))
+    return ship(final_checkpoint(work), out, record, json.loads((work / "eval" / "summary.json").read_text()))
 
 
 def main(argv: list[str] | None = None) -> None:
