@@ -46,6 +46,8 @@ def test_plan_trains_only_through_the_cli_and_resumes(tmp_path):
     summary = tmp_path / "eval" / "summary.json"
     summary.write_text(json.dumps({"model": str(tmp_path / "stage2" / "checkpoint-4000"), "accuracy": 0.88}))
     assert not {name: done for name, _, done in recipe.plan(tmp_path)}["eval"]
+    summary.write_text(json.dumps({"model": str(recipe.final_checkpoint(tmp_path)), "accuracy": 0.9})[:20])
+    assert not {name: done for name, _, done in recipe.plan(tmp_path)}["eval"]  # cut short: not done
     summary.write_text(json.dumps({"model": str(recipe.final_checkpoint(tmp_path)), "accuracy": 0.9}))
     assert {name: done for name, _, done in recipe.plan(tmp_path)}["eval"]
 

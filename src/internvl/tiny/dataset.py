@@ -18,8 +18,8 @@ split uses seeds `seed .. seed+N-1`; `--split heldout` shifts them by 10**9 (see
 
     python -m internvl.tiny.dataset --out DIR --n N --seed S [--split train|heldout] [--workers W]
 
-Rendering and PNG encoding are nearly all of the time (about 2 ms an example on one core), so `--workers`
-processes share them (default: every core); the files are the same whatever the number.
+Rendering and PNG encoding are nearly all of the time, so `--workers` processes share them (default: every
+core this process may use); the files are the same whatever the number.
 """
 
 from __future__ import annotations
@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="also write grounding records of the images, with their own meta file (stage 0 data)")
     parser.add_argument("--types", default=None,
                         help="comma-separated question types to keep (e.g. count_shape,compare); default all")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    # the cores this process may use (a container's CPU set, not the host's count) where Python can tell
+    cores = getattr(os, "process_cpu_count", os.cpu_count)() or 1
+    parser.add_argument("--workers", type=int, default=cores,
                         help="processes rendering images (default: every core)")
     args = parser.parse_args(argv)
     if args.workers < 1:

@@ -102,7 +102,10 @@ def final_checkpoint(work: Path) -> Path:
 def _evaluated(summary: Path, checkpoint: Path) -> bool:
     """An evaluation of this very checkpoint is done: a work directory left by a recipe with another stage-2
     length holds one of another checkpoint, whose numbers must not go on this one's model card."""
-    return summary.exists() and json.loads(summary.read_text()).get("model") == str(checkpoint)
+    try:
+        return json.loads(summary.read_text()).get("model") == str(checkpoint)
+    except (OSError, ValueError):  # none yet, or cut short while being written
+        return False
 
 
 def stage2_meta(data: Path) -> Path:
