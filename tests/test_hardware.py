@@ -111,3 +111,13 @@ def test_bad_precision_flag(capsys):
         main(["info", "--hardware", "--precision", "fast"])
     assert e.value.code == 2
     assert "--precision" in capsys.readouterr().err
+
+
+def test_available_cpus_is_this_process_cpu_set(monkeypatch):
+    """The CPU set a container or taskset grants, not the host's count; the host's count where there is no
+    affinity API."""
+    assert hardware.available_cpus() == len(os.sched_getaffinity(0)) <= os.cpu_count()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3})
+    assert hardware.available_cpus() == 2
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert hardware.available_cpus() == (os.cpu_count() or 1)

@@ -132,6 +132,14 @@ def fast_paths() -> dict[str, str]:
     }
 
 
+def available_cpus() -> int:
+    """Logical CPUs this process may run on (a container's or taskset's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API on this platform
+        return os.cpu_count() or 1
+
+
 def report() -> list[str]:
     """`internvl info --hardware`'s machine lines: CPU, ISA, threads, memory, CUDA."""
     name, flags = _cpuinfo()
@@ -143,12 +151,8 @@ def report() -> list[str]:
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):
         backends += f", oneDNN limited to {os.environ['ONEDNN_MAX_CPU_ISA']}"
     lines.append(f"cpu kind    {kind.kind} ({kind.source}; {backends})")
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
     lines.append(f"threads     torch uses {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}); "
-                 f"{affinity} of {os.cpu_count()} logical CPUs available to this process")
+                 f"{available_cpus()} of {os.cpu_count()} logical CPUs available to this process")
     mem = memory_gib()
     lines.append(f"memory      {mem[0]:.1f} GiB total, {mem[1]:.1f} GiB available" if mem else "memory      unknown")
     if torch.cuda.is_available():

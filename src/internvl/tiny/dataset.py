@@ -32,8 +32,9 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
-from ..processing.prompt import IMAGE_PLACEHOLDER
 from ..errors import ConfigError
+from ..hardware import available_cpus
+from ..processing.prompt import IMAGE_PLACEHOLDER
 from .world import (DESCRIBE_QUESTION, GROUND_QUESTION, QUESTION_TYPES, Example, examples, ground, make_example,
                     split_seeds)
 from .world import describe as describe_scene
@@ -56,16 +57,16 @@ def image_names(example: Example, split: str) -> list[str]:
     return [f"{stem}.png"] if n == 1 else [f"{stem}-{i + 1}.png" for i in range(n)]
 
 
-def _save_images(job: tuple[int, str, str]) -> None:
-    """Render one example (by seed, so a worker process needs nothing else) and save its PNGs."""
-    seed, split, images = job
-    example = make_example(seed)
+def _save_images(job: tuple[Example, str, str]) -> None:
+    """Render one example and save its PNGs (a job is picklable, for a worker process)."""
+    example, split, images = job
     for img, file_name in zip(example.images(), image_names(example, split)):
         img.save(os.path.join(images, file_name), compress_level=1)  # fast; these files are regenerated at will
 
 
 def save_all_images(chosen: list[Example], split: str, images: Path, workers: int) -> None:
-    jobs = [(e.seed, split, str(images)) for e in chosen]
+    """Every image of `chosen` into `images`, by `workers` processes (in this one when there are few)."""
+    jobs = [(e, split, str(images)) for e in chosen]
     if workers <= 1 or len(jobs) < 2 * workers:
         for job in jobs:
             _save_images(job)
@@ -174,9 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also write grounding records of the images, with their own meta file (stage 0 data)")
     parser.add_argument("--types", default=None,
                         help="comma-separated question types to keep (e.g. count_shape,compare); default all")
-    # the cores this process may use (a container's CPU set, not the host's count) where Python can tell
-    cores = getattr(os, "process_cpu_count", os.cpu_count)() or 1
-    parser.add_argument("--workers", type=int, default=cores,
+    parser.add_argument("--workers", type=int, default=available_cpus(),
                         help="processes rendering images (default: every core)")
     args = parser.parse_args(argv)
     if args.workers < 1:
