@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from internvl.errors import ConfigError
+from internvl.hardware import available_cpus
 from internvl.tiny import dataset
 from internvl.tiny.world import QUESTION_TYPES, make_example
 
@@ -94,14 +95,16 @@ def test_types_keeps_only_those_question_types_from_fresh_seeds(tmp_path, capsys
 def test_worker_processes_write_the_same_files(tmp_path, capsys):
     """Images rendered by worker processes are byte for byte those of one process, in the same JSONL order."""
     one = dataset.export(tmp_path / "one", n=40, seed=3, describe=True, workers=1)
-    dataset.main(["--out", str(tmp_path / "two"), "--n", "40", "--seed", "3", "--describe", "--workers", "2"])
-    two = tmp_path / "two" / "shapes_train_meta.json"
+    two = dataset.export(tmp_path / "two", n=40, seed=3, describe=True, workers=2)  # a pool even on one CPU
     for name in ("shapes_train.jsonl", "shapes_train_describe.jsonl"):
         assert (one.parent / name).read_text() == (two.parent / name).read_text()
     files = sorted(p.name for p in (one.parent / "images").iterdir())
     assert len(files) > 40 and files == sorted(p.name for p in (two.parent / "images").iterdir())  # pairs: 2 each
     for f in files:
         assert (one.parent / "images" / f).read_bytes() == (two.parent / "images" / f).read_bytes()
-    with pytest.raises(SystemExit):
-        dataset.main(["--out", str(tmp_path / "bad"), "--n", "4", "--workers", "0"])
-    assert "--workers must be at least 1" in capsys.readouterr().err
+    capsys.readouterr()
+    for bad in ("0", "-3", str(available_cpus() + 1), "100000"):  # the last would fork 100,000 processes
+        with pytest.raises(SystemExit):
+            dataset.main(["--out", str(tmp_path / "bad"), "--n", "4", "--workers", bad])
+        assert f"--workers must be between 1 and the {available_cpus()} CPUs" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

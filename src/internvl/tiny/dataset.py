@@ -71,7 +71,7 @@ def save_all_images(chosen: list[Example], split: str, images: Path, workers: in
         for job in jobs:
             _save_images(job)
         return
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(min(workers, len(jobs))) as pool:  # a fork per worker, all started at once
         for _ in pool.map(_save_images, jobs, chunksize=64):
             pass
 
@@ -178,8 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=available_cpus(),
                         help="processes rendering images (default: every core)")
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if not 1 <= args.workers <= available_cpus():  # rendering is CPU-bound: more processes than CPUs only cost
+        parser.error(f"--workers must be between 1 and the {available_cpus()} CPUs this process may use, "
+                     f"got {args.workers}")
     types = tuple(t.strip() for t in args.types.split(",")) if args.types else None
     try:
         meta_path = export(args.out, args.n, args.seed, args.split, args.name, args.describe, args.ground, types,
