@@ -236,6 +236,13 @@ def test_a_used_output_dir_needs_resume(tmp_path, meta):
         run(tmp_path, meta, "used", max_steps=2, per_device_batch_size=2)
 
 
+def test_resuming_a_run_past_the_new_max_steps_is_refused(tmp_path, meta):
+    run(tmp_path, meta, "long", max_steps=3, per_device_batch_size=2)
+    with pytest.raises(ConfigError, match="at step 3, past this run's 2 steps"):
+        run(tmp_path, meta, "long", max_steps=2, per_device_batch_size=2, resume=True)
+    assert not (tmp_path / "long" / "checkpoint-2").exists()
+
+
 def test_metrics_log_keeps_only_the_resumed_past(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo')

@@ -280,6 +280,9 @@ def setup(cfg: TrainConfig, info: D.DistInfo) -> Run:
     model.to(info.device)
     start_step = saved[0]["step"] if saved else 0
     loader, sampler, max_steps = build_loader(cfg, model, tokenizer, info, start_step)
+    if start_step > max_steps:  # resuming would train nothing and save nothing at --max-steps
+        raise ConfigError(f"{resume_from} is at step {start_step}, past this run's {max_steps} steps: it is another "
+                          "run's (a longer schedule); choose another --output-dir")
     if saved and saved[0]["global_batch"] != sampler.global_batch:
         raise ConfigError(f"{resume_from} was trained with a global batch of {saved[0]['global_batch']}, this run "
                           f"has {sampler.global_batch}: the data position would not match")
