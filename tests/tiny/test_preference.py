@@ -106,7 +106,7 @@ def test_make_tiny_mpo_runs_cli_commands_on_the_given_model_and_resumes(tmp_path
     and a work directory of another model is refused."""
     ran = []
 
-    def fake_run(command, check):  # each step "runs" by leaving its result behind
+    def fake_run(command):  # each step "runs" by leaving its result behind
         ran.append(command)
         if "eval" in command:
             out = command[command.index("--out") + 1]
@@ -121,16 +121,17 @@ def test_make_tiny_mpo_runs_cli_commands_on_the_given_model_and_resumes(tmp_path
                                                           "always_wrong": 1}))
         elif "--resume" not in command:  # the first MPO run is killed after its first checkpoint
             (tmp_path / command[command.index("--output-dir") + 1] / "checkpoint-3").mkdir(parents=True)
-            raise subprocess.CalledProcessError(-9, command)
+            return subprocess.CompletedProcess(command, -9)
         else:
             steps = command[command.index("--max-steps") + 1]
             final = tmp_path / command[command.index("--output-dir") + 1] / f"checkpoint-{steps}"
             final.mkdir(parents=True)
             (final / "config.json").write_text("{}")
+        return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(mpo_recipe.subprocess, "run", fake_run)
-    with pytest.raises(subprocess.CalledProcessError):
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(SystemExit, match=r"\[mpo\] failed \(exit -9\)"):
         mpo_recipe.run("some/model", tmp_path / "w")
     names = [c[3] if c[1] == "-m" and c[2] == "internvl" else c[2] for c in ran]
     assert names == ["eval", "internvl.tiny.preference", "train"]

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -50,6 +52,14 @@ def test_plan_trains_only_through_the_cli_and_resumes(tmp_path):
     assert not {name: done for name, _, done in recipe.plan(tmp_path)}["eval"]  # cut short: not done
     summary.write_text(json.dumps({"model": str(recipe.final_checkpoint(tmp_path)), "accuracy": 0.9}))
     assert {name: done for name, _, done in recipe.plan(tmp_path)}["eval"]
+
+
+def test_a_failing_step_stops_the_recipe_with_its_name_and_keeps_the_record(tmp_path):
+    record_path, record = tmp_path / "recipe.json", {}
+    recipe.run_step("ok", [sys.executable, "-c", "pass"], False, record, record_path)
+    with pytest.raises(SystemExit, match=r"\[stage2\] failed \(exit 3\)"):
+        recipe.run_step("stage2", [sys.executable, "-c", "raise SystemExit(3)"], False, record, record_path)
+    assert list(json.loads(record_path.read_text())) == ["ok"]  # a failed step is not recorded as done
 
 
 def test_stage2_meta_merges_questions_counting_and_fewer_descriptions(tmp_path):

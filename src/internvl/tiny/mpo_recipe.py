@@ -24,7 +24,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from . import DEFAULT_MODEL
 from .preference import NAME
 from .world import QUESTION_TYPES
 from .recipe import cli as _cli
-from .recipe import targets_line
+from .recipe import run_command, targets_line
 
 EVAL_N = 500
 TARGET_GAIN, MAX_TYPE_LOSS, BUDGET_MINUTES = 0.05, 0.02, 30.0
@@ -56,7 +55,7 @@ def mpo_steps(meta: Path) -> int:
 def _run(name: str, command: list[str], record: dict, path: Path, resumed: bool = False) -> None:
     print(f"[{name}] $ {shlex.join(command)}", flush=True)
     start, cpu0 = time.perf_counter(), _children_cpu()
-    subprocess.run(command, check=True)
+    run_command(name, command, path.parent)
     previous = record.get(name, {}) if resumed else {}
     record[name] = {"command": shlex.join(command),
                     "seconds": round(previous.get("seconds", 0.0) + time.perf_counter() - start, 1),

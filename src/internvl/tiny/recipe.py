@@ -124,6 +124,15 @@ def targets_line(targets: dict[str, bool]) -> str:
     return "Targets: " + "; ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in targets.items())
 
 
+def run_command(name: str, command: list[str], work: Path) -> None:
+    """Run a recipe's step; a failure stops the recipe with the step's name instead of a traceback (the step
+    printed its own error), and what is finished stays in `work` for the next run to go on from."""
+    code = subprocess.run(command).returncode
+    if code:
+        raise SystemExit(f"[{name}] failed (exit {code}), see above; finished steps are kept in {work} and the "
+                         "next run goes on from them")
+
+
 def run_step(name: str, command: list[str], done: bool, record: dict, record_path: Path) -> None:
     """Run one recipe step (printed first, as a user would type it) unless done; record its command and wall
     time in `record_path`. An interrupted-and-resumed step (`--resume`) adds its pieces of time."""
@@ -132,7 +141,7 @@ def run_step(name: str, command: list[str], done: bool, record: dict, record_pat
         return
     print(f"[{name}] $ {shlex.join(command)}", flush=True)
     start = time.perf_counter()
-    subprocess.run(command, check=True)
+    run_command(name, command, record_path.parent)
     previous = record.get(name, {}).get("seconds", 0.0) if "--resume" in command else 0.0
     record[name] = {"command": shlex.join(command), "seconds": round(previous + time.perf_counter() - start, 1)}
     record_path.write_text(json.dumps(record, indent=2) + "\n")
