@@ -62,6 +62,35 @@ def test_a_failing_step_stops_the_recipe_with_its_name_and_keeps_the_record(tmp_
     assert list(json.loads(record_path.read_text())) == ["ok"]  # a failed step is not recorded as done
 
 
+def test_a_work_directory_belongs_to_the_weights_it_started_from(tmp_path):
+    model, work = tmp_path / "model", tmp_path / "work"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"take 4")
+    record = {}
+    recipe.claim_work(record, "policy", str(model), work)
+    assert record["policy"] == str(model.resolve()) and len(record["policy_weights"]) == 16
+    recipe.claim_work(record, "policy", str(model), work)  # the same weights: the run goes on
+    (model / "model.safetensors").write_bytes(b"take 5")  # `make tiny` shipped new weights to the same path
+    with pytest.raises(SystemExit, match=r"holds a run on .*model \(weights [0-9a-f]{16}\), not on"):
+        recipe.claim_work(record, "policy", str(model), work)
+    with pytest.raises(SystemExit, match=r"weights not recorded"):  # a directory from before weights were recorded
+        recipe.claim_work({"policy": str(model.resolve()), "eval": {}}, "policy", str(model), work)
+    with pytest.raises(SystemExit, match="holds a run on some/preset"):
+        recipe.claim_work({"policy": "some/preset", "policy_weights": None}, "policy", str(model), work)
+
+
+def test_prm_recipe_refuses_a_work_directory_of_other_weights_before_any_step(tmp_path, monkeypatch):
+    from internvl.tiny import prm_recipe
+    model, work = tmp_path / "model", tmp_path / "work"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"new weights")
+    work.mkdir()
+    (work / "recipe.json").write_text(json.dumps({"policy": str(model.resolve()), "policy_weights": "0" * 16}))
+    monkeypatch.setattr(recipe.subprocess, "run", lambda *a, **k: pytest.fail("a step ran"))
+    with pytest.raises(SystemExit, match="use another --work"):
+        prm_recipe.run(work, tmp_path / "out", str(model))
+
+
 def test_stage2_meta_merges_questions_counting_and_fewer_descriptions(tmp_path):
     from internvl.tiny import dataset
     dataset.export(tmp_path, n=14, seed=0, describe=True)

@@ -32,7 +32,7 @@ from ..checkpoint.loader import read_config
 from ..processing.tiling import per_image_tile_budget, target_grid
 from . import DEFAULT_MODEL
 from .recipe import cli as _cli
-from .recipe import run_step, targets_line
+from .recipe import claim_work, run_step, targets_line
 from .world import examples
 
 TOKEN_CUT, MAX_LOSS = 0.40, 0.02
@@ -91,9 +91,8 @@ def run(model: str, work: Path, data_n: int, eval_n: int, consistency_steps: int
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "recipe.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    model = str(Path(model).resolve()) if Path(model).exists() else model
-    if record.setdefault("model", model) != model:
-        raise SystemExit(f"error: {work} holds a run on {record['model']}; use another --work for {model}")
+    claim_work(record, "model", model, work)
+    model = record["model"]
     for name, command, done in plan(model, work, data_n, eval_n, consistency_steps, router_steps):
         run_step(name, command, done, record, record_path)
     return report(work, record)

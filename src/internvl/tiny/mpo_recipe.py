@@ -12,7 +12,7 @@ Every step is a command a user could type (printed before it runs):
 M is any SFT checkpoint of the tiny world (default: the shipped model), so the stage re-runs on a retrained
 model: `make tiny-mpo TINY_MPO_MODEL=DIR`. A finished step is skipped and an interrupted MPO run continues
 with `--resume`; `W/recipe.json` records each step's command, wall time and CPU time, and the model it ran
-on (another model needs another --work directory).
+on, by path and weights (another model, or new weights at the same path, needs another --work directory).
 
     python -m internvl.tiny.mpo_recipe [--model DIR] [--work scratch/tiny-mpo]
 """
@@ -32,7 +32,7 @@ from . import DEFAULT_MODEL
 from .preference import NAME
 from .world import QUESTION_TYPES
 from .recipe import cli as _cli
-from .recipe import run_command, targets_line
+from .recipe import claim_work, run_command, targets_line
 
 EVAL_N = 500
 TARGET_GAIN, MAX_TYPE_LOSS, BUDGET_MINUTES = 0.05, 0.02, 30.0
@@ -72,9 +72,8 @@ def run(model: str, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "recipe.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    model = str(Path(model).resolve()) if Path(model).exists() else model
-    if record.setdefault("model", model) != model:
-        raise SystemExit(f"error: {work} holds a run on {record['model']}; use another --work for {model}")
+    claim_work(record, "model", model, work)
+    model = record["model"]
     evals = {"eval-sft": model}
     if not (work / "eval-sft" / "summary.json").exists():
         _run("eval-sft", _cli("eval", "shapes", "--model", model, "--n", str(EVAL_N), "--out",

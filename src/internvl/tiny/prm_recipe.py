@@ -35,7 +35,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from . import DEFAULT_MODEL, PRM_DIR
 from .recipe import cli as _cli
-from .recipe import run_step
+from .recipe import claim_work, run_step
 
 STEP_EXAMPLES = 10_000
 PRM_QUESTIONS = 400
@@ -93,6 +93,7 @@ def run(work: Path, out: Path, policy: str, stop_after: str | None = None, **kw)
     work.mkdir(parents=True, exist_ok=True)
     record_path = work / "recipe.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    claim_work(record, "policy", policy, work)
     steps = plan(work, policy, **kw)
     if stop_after is not None and stop_after not in [name for name, _, _ in steps]:
         raise ConfigError(f"--stop-after {stop_after!r} is not a step; steps: {', '.join(n for n, _, _ in steps)}")

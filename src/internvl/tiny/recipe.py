@@ -24,6 +24,7 @@ command and wall time; the model card quotes them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import subprocess
@@ -122,6 +123,32 @@ def stage2_meta(data: Path) -> Path:
 def targets_line(targets: dict[str, bool]) -> str:
     """A report's verdict line: each target and whether it was met."""
     return "Targets: " + "; ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in targets.items())
+
+
+def weights_digest(model: str) -> str | None:
+    """A short digest of a checkpoint directory's weight files; None for what is not a directory (a preset)."""
+    path = Path(model)
+    if not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")):
+        with open(file, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:16]
+
+
+def claim_work(record: dict, key: str, model: str, work: Path) -> None:
+    """Tie a post-training work directory to the model it starts from, by path and by weights: `make tiny`
+    ships new weights to the same path, and a work directory of the old ones must not be reused for them."""
+    model = str(Path(model).resolve()) if Path(model).exists() else model
+    now = (model, weights_digest(model))
+    if key not in record:
+        record[key], record[f"{key}_weights"] = now
+        return
+    was = (record[key], record.get(f"{key}_weights"))
+    if was != now:
+        raise SystemExit(f"error: {work} holds a run on {was[0]} (weights {was[1] or 'not recorded'}), not on "
+                         f"{now[0]} (weights {now[1]}): use another --work")
 
 
 def run_command(name: str, command: list[str], work: Path) -> None:
