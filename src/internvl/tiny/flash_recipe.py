@@ -32,7 +32,7 @@ from ..checkpoint.loader import read_config
 from ..processing.tiling import per_image_tile_budget, target_grid
 from . import DEFAULT_MODEL
 from .recipe import cli as _cli
-from .recipe import claim_work, run_step, targets_line
+from .recipe import open_work, run_step, targets_line
 from .world import examples
 
 TOKEN_CUT, MAX_LOSS = 0.40, 0.02
@@ -88,10 +88,7 @@ def plan(model: str, work: Path, data_n: int, eval_n: int, consistency_steps: in
 
 
 def run(model: str, work: Path, data_n: int, eval_n: int, consistency_steps: int, router_steps: int) -> dict:
-    work.mkdir(parents=True, exist_ok=True)
-    record_path = work / "recipe.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    claim_work(record, "model", model, work)
+    record, record_path = open_work(work, "model", model)
     model = record["model"]
     for name, command, done in plan(model, work, data_n, eval_n, consistency_steps, router_steps):
         run_step(name, command, done, record, record_path)

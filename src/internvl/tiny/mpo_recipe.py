@@ -32,7 +32,7 @@ from . import DEFAULT_MODEL
 from .preference import NAME
 from .world import QUESTION_TYPES
 from .recipe import cli as _cli
-from .recipe import claim_work, run_command, targets_line
+from .recipe import open_work, run_command, targets_line
 
 EVAL_N = 500
 TARGET_GAIN, MAX_TYPE_LOSS, BUDGET_MINUTES = 0.05, 0.02, 30.0
@@ -69,10 +69,7 @@ def _children_cpu() -> float:
 
 
 def run(model: str, work: Path) -> dict:
-    work.mkdir(parents=True, exist_ok=True)
-    record_path = work / "recipe.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    claim_work(record, "model", model, work)
+    record, record_path = open_work(work, "model", model)
     model = record["model"]
     evals = {"eval-sft": model}
     if not (work / "eval-sft" / "summary.json").exists():

@@ -28,14 +28,13 @@ interrupted run picks up where it stopped. `W/recipe.json` records each step's c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ..errors import ConfigError
 from . import DEFAULT_MODEL, PRM_DIR
 from .recipe import cli as _cli
-from .recipe import claim_work, run_step
+from .recipe import open_work, run_step
 
 STEP_EXAMPLES = 10_000
 PRM_QUESTIONS = 400
@@ -90,10 +89,7 @@ def plan(work: Path, policy: str, policy_steps: int = POLICY_STEPS, prm_steps: i
 
 
 def run(work: Path, out: Path, policy: str, stop_after: str | None = None, **kw) -> Path | None:
-    work.mkdir(parents=True, exist_ok=True)
-    record_path = work / "recipe.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    claim_work(record, "policy", policy, work)
+    record, record_path = open_work(work, "policy", policy)
     steps = plan(work, policy, **kw)
     if stop_after is not None and stop_after not in [name for name, _, _ in steps]:
         raise ConfigError(f"--stop-after {stop_after!r} is not a step; steps: {', '.join(n for n, _, _ in steps)}")

@@ -151,6 +151,17 @@ def claim_work(record: dict, key: str, model: str, work: Path) -> None:
                          f"{now[0]} (weights {now[1]}): use another --work")
 
 
+def open_work(work: Path, key: str | None = None, model: str | None = None) -> tuple[dict, Path]:
+    """A recipe's work directory (made if new) and its record `W/recipe.json` (each finished step's command and
+    time); with `key`, the directory is tied to `model` (`claim_work`) before any step runs."""
+    work.mkdir(parents=True, exist_ok=True)
+    record_path = work / "recipe.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if key is not None:
+        claim_work(record, key, model, work)
+    return record, record_path
+
+
 def run_command(name: str, command: list[str], work: Path) -> None:
     """Run a recipe's step; a failure stops the recipe with the step's name instead of a traceback (the step
     printed its own error), and what is finished stays in `work` for the next run to go on from."""
@@ -175,9 +186,7 @@ def run_step(name: str, command: list[str], done: bool, record: dict, record_pat
 
 
 def run(work: Path, out: Path) -> Path:
-    work.mkdir(parents=True, exist_ok=True)
-    record_path = work / "recipe.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    record, record_path = open_work(work)
     for name, command, done in plan(work):
         if name == "stage2":
             stage2_meta(work / "data")
