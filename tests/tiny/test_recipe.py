@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,6 +61,20 @@ def test_a_failing_step_stops_the_recipe_with_its_name_and_keeps_the_record(tmp_
     with pytest.raises(SystemExit, match=r"\[stage2\] failed \(exit 3\)"):
         recipe.run_step("stage2", [sys.executable, "-c", "raise SystemExit(3)"], False, record, record_path)
     assert list(json.loads(record_path.read_text())) == ["ok"]  # a failed step is not recorded as done
+
+
+def test_the_record_is_replaced_whole(tmp_path, monkeypatch):
+    record_path = tmp_path / "recipe.json"
+    recipe.save_record({"data": {"seconds": 1.0}}, record_path)
+
+    def killed(self, text, *a, **k):  # the process dies halfway through writing
+        Path.write_bytes(self, text[: len(text) // 2].encode())
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Path, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.save_record({"data": {"seconds": 1.0}, "stage0": {"seconds": 2.0}}, record_path)
+    monkeypatch.undo()
+    assert recipe.open_work(tmp_path)[0] == {"data": {"seconds": 1.0}}  # the last whole record
 
 
 def test_a_work_directory_belongs_to_the_weights_it_started_from(tmp_path):

@@ -32,7 +32,7 @@ from . import DEFAULT_MODEL
 from .preference import NAME
 from .world import QUESTION_TYPES
 from .recipe import cli as _cli
-from .recipe import open_work, run_command, targets_line
+from .recipe import open_work, run_command, save_record, targets_line
 
 EVAL_N = 500
 TARGET_GAIN, MAX_TYPE_LOSS, BUDGET_MINUTES = 0.05, 0.02, 30.0
@@ -60,7 +60,7 @@ def _run(name: str, command: list[str], record: dict, path: Path, resumed: bool 
     record[name] = {"command": shlex.join(command),
                     "seconds": round(previous.get("seconds", 0.0) + time.perf_counter() - start, 1),
                     "cpu_seconds": round(previous.get("cpu_seconds", 0.0) + _children_cpu() - cpu0, 1)}
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    save_record(record, path)
 
 
 def _children_cpu() -> float:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -162,6 +163,13 @@ def open_work(work: Path, key: str | None = None, model: str | None = None) -> t
     return record, record_path
 
 
+def save_record(record: dict, record_path: Path) -> None:
+    """Write the record whole or not at all: a recipe killed mid-write must not leave a record it cannot read."""
+    tmp = record_path.with_name(record_path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, record_path)
+
+
 def run_command(name: str, command: list[str], work: Path) -> None:
     """Run a recipe's step; a failure stops the recipe with the step's name instead of a traceback (the step
     printed its own error), and what is finished stays in `work` for the next run to go on from."""
@@ -182,7 +190,7 @@ def run_step(name: str, command: list[str], done: bool, record: dict, record_pat
     run_command(name, command, record_path.parent)
     previous = record.get(name, {}).get("seconds", 0.0) if "--resume" in command else 0.0
     record[name] = {"command": shlex.join(command), "seconds": round(previous + time.perf_counter() - start, 1)}
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    save_record(record, record_path)
 
 
 def run(work: Path, out: Path) -> Path:
