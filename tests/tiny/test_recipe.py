@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -100,10 +101,27 @@ def test_prm_recipe_refuses_a_work_directory_of_other_weights_before_any_step(tm
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"new weights")
     work.mkdir()
-    (work / "recipe.json").write_text(json.dumps({"policy": str(model.resolve()), "policy_weights": "0" * 16}))
+    (work / "recipe.json").write_text(json.dumps({"starting_policy": str(model.resolve()),
+                                                  "starting_policy_weights": "0" * 16}))
     monkeypatch.setattr(recipe.subprocess, "run", lambda *a, **k: pytest.fail("a step ran"))
     with pytest.raises(SystemExit, match="use another --work"):
         prm_recipe.run(work, tmp_path / "out", str(model))
+
+
+def test_prm_recipe_goes_on_in_its_own_work_directory(tmp_path, monkeypatch, capsys):
+    """A second run over a finished step is not refused: the claim and the steps' entries (one is named
+    "policy") live under different keys of the record."""
+    from internvl.tiny import prm_recipe
+    model, work = tmp_path / "model", tmp_path / "work"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"take 4")
+    monkeypatch.setattr(recipe.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0))
+    for _ in range(2):
+        assert prm_recipe.run(work, tmp_path / "out", str(model), stop_after="policy") is None
+    record = json.loads((work / "recipe.json").read_text())
+    assert record["starting_policy"] == str(model.resolve()) and "command" in record["policy"]
+    with pytest.raises(ValueError, match="also a step's name"):
+        recipe.claim_work(record, "policy", str(model), work)
 
 
 def test_stage2_meta_merges_questions_counting_and_fewer_descriptions(tmp_path):

@@ -89,7 +89,7 @@ def plan(work: Path, policy: str, policy_steps: int = POLICY_STEPS, prm_steps: i
 
 
 def run(work: Path, out: Path, policy: str, stop_after: str | None = None, **kw) -> Path | None:
-    record, record_path = open_work(work, "policy", policy)
+    record, record_path = open_work(work, "starting_policy", policy)
     steps = plan(work, policy, **kw)
     if stop_after is not None and stop_after not in [name for name, _, _ in steps]:
         raise ConfigError(f"--stop-after {stop_after!r} is not a step; steps: {', '.join(n for n, _, _ in steps)}")

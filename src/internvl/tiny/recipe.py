@@ -141,6 +141,8 @@ def weights_digest(model: str) -> str | None:
 def claim_work(record: dict, key: str, model: str, work: Path) -> None:
     """Tie a post-training work directory to the model it starts from, by path and by weights: `make tiny`
     ships new weights to the same path, and a work directory of the old ones must not be reused for them."""
+    if isinstance(record.get(key), dict):  # a step's entry: the claim would be overwritten by the step's time
+        raise ValueError(f"claim key {key!r} is also a step's name")
     model = str(Path(model).resolve()) if Path(model).exists() else model
     now = (model, weights_digest(model))
     if key not in record:
