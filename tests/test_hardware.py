@@ -121,3 +121,14 @@ def test_available_cpus_is_this_process_cpu_set(monkeypatch):
     assert hardware.available_cpus() == 2
     monkeypatch.delattr(os, "sched_getaffinity")
     assert hardware.available_cpus() == (os.cpu_count() or 1)
+
+
+def test_machine_line_names_the_cpu_its_kind_and_the_cpus_granted(clean_env):
+    """What the tiny recipes' reports and model cards say they ran on: the kind follows the emulation
+    variables (a number measured under AVX2 emulation says avx2), the count is the process's CPU set."""
+    fake_cpu(clean_env, "avx2", "avx512f", "avx512_bf16")
+    clean_env.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    clean_env.setattr(hardware.torch.cuda, "is_available", lambda: False)
+    assert hardware.machine_line() == "Test CPU (avx512_bf16), 2 CPUs"
+    clean_env.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert hardware.machine_line() == "Test CPU (avx2), 2 CPUs"

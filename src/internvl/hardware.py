@@ -140,6 +140,15 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def machine_line() -> str:
+    """The machine a measurement ran on, in one phrase for a report or model card: CPU model, kind, the CPUs
+    this process may use, and the GPU when there is one (a number means little without it)."""
+    line = f"{_cpuinfo()[0]} ({cpu_kind().kind}), {available_cpus()} CPUs"
+    if torch.cuda.is_available():
+        line += f", {torch.cuda.get_device_name(0)}"
+    return line
+
+
 def report() -> list[str]:
     """`internvl info --hardware`'s machine lines: CPU, ISA, threads, memory, CUDA."""
     name, flags = _cpuinfo()

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from ..checkpoint.loader import read_config
+from ..hardware import machine_line
 from ..processing.tiling import per_image_tile_budget, target_grid
 from . import DEFAULT_MODEL
 from .recipe import cli as _cli
@@ -144,7 +144,7 @@ def report(work: Path, record: dict) -> dict:
     (work / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     labels = {"eval-base": "starting model", "eval-off": "Flash, --vir off", "eval-auto": "Flash, --vir auto"}
     lines = [f"# A tiny InternVL3.5-Flash by ViCO: {record['model']}", "",
-             f"Held-out shapes questions (`internvl eval shapes --n {base['n']}`), {os.cpu_count()} CPUs, "
+             f"Held-out shapes questions (`internvl eval shapes --n {base['n']}`), {machine_line()}, "
              f"{base['threads']} threads:", "",
              "| model | visual tokens / question | tiles compressed | accuracy | s / question |",
              "|---|---|---|---|---|"]

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..hardware import machine_line
 from . import DEFAULT_MODEL
 from .preference import NAME
 from .world import QUESTION_TYPES
@@ -125,7 +126,7 @@ def report(work: Path, record: dict) -> dict:
               f"Pairs: {pairs['pairs']} from {pairs['questions']} training questions ({pairs['always_right']} always "
               f"right and {pairs['always_wrong']} always wrong, skipped).", "",
               f"Time for both evaluations, the pairs and MPO: {minutes:.1f} min wall, {cpu_minutes:.1f} min CPU "
-              f"({os.cpu_count()} CPUs).", "",
+              f"({machine_line()}).", "",
               targets_line(summary["targets"]),
               "", "Steps:", ""]
     lines += [f"    {v['command']}    # {v['seconds']} s wall, {v.get('cpu_seconds', '?')} s CPU"

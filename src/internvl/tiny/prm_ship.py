@@ -5,7 +5,6 @@ evaluation's `summary.json`), so a rerun on another policy rewrites it with its 
 from __future__ import annotations
 
 import json
-import platform
 import shlex
 import shutil
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint.loader import OFFICIAL, load_model, save_checkpoint
+from ..hardware import machine_line
 from ..tts.prm import PRM_SYSTEM_PROMPT
 
 STEPS = ("steps-data", "policy", "prm-data", "prm-tokenizer", "prm", "eval")
@@ -83,7 +83,7 @@ tokenizer as the tiny model (its weights are the starting point); official layou
    step-wise responses were right {_pct(stats['step_response_accuracy'])} of the time.
 3. `internvl train` fine-tunes the policy's weights on that data (the loss falls on `+` / `-`).
 
-Commands and wall times ({platform.machine()}, 2 CPU cores shared with other jobs; {total / 60:.0f} minutes in all):
+Commands and wall times ({machine_line()}; {total / 60:.0f} minutes in all):
 
 {steps}
 
