@@ -62,6 +62,7 @@ def test_a_failing_step_stops_the_recipe_with_its_name_and_keeps_the_record(tmp_
     with pytest.raises(SystemExit, match=r"\[stage2\] failed \(exit 3\)"):
         recipe.run_step("stage2", [sys.executable, "-c", "raise SystemExit(3)"], False, record, record_path)
     assert list(json.loads(record_path.read_text())) == ["ok"]  # a failed step is not recorded as done
+    assert set(record["ok"]) == {"command", "seconds", "cpu_seconds"}
 
 
 def test_the_record_is_replaced_whole(tmp_path, monkeypatch):
@@ -122,6 +123,9 @@ def test_prm_recipe_goes_on_in_its_own_work_directory(tmp_path, monkeypatch, cap
     assert record["starting_policy"] == str(model.resolve()) and "command" in record["policy"]
     with pytest.raises(ValueError, match="also a step's name"):
         recipe.claim_work(record, "policy", str(model), work)
+    with pytest.raises(ValueError, match="also a claim key"):  # the other order: the step would erase the claim
+        recipe.run_step("starting_policy", [sys.executable, "-c", "pass"], False, record, work / "recipe.json")
+    assert json.loads((work / "recipe.json").read_text())["starting_policy"] == str(model.resolve())
 
 
 def test_stage2_meta_merges_questions_counting_and_fewer_descriptions(tmp_path):

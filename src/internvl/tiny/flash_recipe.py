@@ -13,7 +13,7 @@ Every step is a command a user could type (printed before it runs):
 
 M is any tiny checkpoint (default: the shipped model), so the numbers re-measure on a retrained model:
 `make tiny-flash TINY_FLASH_MODEL=DIR`. A finished step is skipped and an interrupted training continues with
-`--resume`; `W/recipe.json` records each step's command and wall time, and the model it ran on. The step
+`--resume`; `W/recipe.json` records each step's command, wall and CPU time, and the model it ran on. The step
 counts are flags, so a smoke run (`--consistency-steps 2 --router-steps 2 --data-n 64 --eval-n 20`) proves the
 commands in minutes.
 

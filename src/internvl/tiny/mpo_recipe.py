@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shlex
 import sys
-import time
 from pathlib import Path
 
 from ..hardware import machine_line
@@ -33,7 +30,7 @@ from . import DEFAULT_MODEL
 from .preference import NAME
 from .world import QUESTION_TYPES
 from .recipe import cli as _cli
-from .recipe import open_work, run_command, save_record, targets_line
+from .recipe import open_work, run_step, targets_line
 
 EVAL_N = 500
 TARGET_GAIN, MAX_TYPE_LOSS, BUDGET_MINUTES = 0.05, 0.02, 30.0
@@ -53,44 +50,28 @@ def mpo_steps(meta: Path) -> int:
     return max(1, math.ceil(EPOCHS * pairs / BATCH))
 
 
-def _run(name: str, command: list[str], record: dict, path: Path, resumed: bool = False) -> None:
-    print(f"[{name}] $ {shlex.join(command)}", flush=True)
-    start, cpu0 = time.perf_counter(), _children_cpu()
-    run_command(name, command, path.parent)
-    previous = record.get(name, {}) if resumed else {}
-    record[name] = {"command": shlex.join(command),
-                    "seconds": round(previous.get("seconds", 0.0) + time.perf_counter() - start, 1),
-                    "cpu_seconds": round(previous.get("cpu_seconds", 0.0) + _children_cpu() - cpu0, 1)}
-    save_record(record, path)
-
-
-def _children_cpu() -> float:
-    t = os.times()
-    return t.children_user + t.children_system
-
-
 def run(model: str, work: Path) -> dict:
     record, record_path = open_work(work, "model", model)
     model = record["model"]
     evals = {"eval-sft": model}
     if not (work / "eval-sft" / "summary.json").exists():
-        _run("eval-sft", _cli("eval", "shapes", "--model", model, "--n", str(EVAL_N), "--out",
-                              str(work / "eval-sft")), record, record_path)
+        run_step("eval-sft", _cli("eval", "shapes", "--model", model, "--n", str(EVAL_N), "--out",
+                                  str(work / "eval-sft")), False, record, record_path)
     meta = work / "pairs" / f"{NAME}_meta.json"
     if not meta.exists():
-        _run("pairs", [sys.executable, "-m", "internvl.tiny.preference", "--model", model, "--out",
-                       str(work / "pairs"), *PAIRS], record, record_path)
+        run_step("pairs", [sys.executable, "-m", "internvl.tiny.preference", "--model", model, "--out",
+                           str(work / "pairs"), *PAIRS], False, record, record_path)
     steps, out = mpo_steps(meta), work / "mpo"
     final = out / f"checkpoint-{steps}"
     if not (final / "config.json").exists():
         resume = out.exists() and any(out.glob("checkpoint-*"))
-        _run("mpo", _cli("train", "--method", "mpo", "--model", model, "--meta-path", str(meta), "--output-dir",
-                         str(out), "--max-steps", str(steps), "--save-steps", str(max(1, steps // 2)), *MPO,
-                         *(["--resume"] if resume else [])), record, record_path, resumed=resume)
+        run_step("mpo", _cli("train", "--method", "mpo", "--model", model, "--meta-path", str(meta), "--output-dir",
+                             str(out), "--max-steps", str(steps), "--save-steps", str(max(1, steps // 2)), *MPO,
+                             *(["--resume"] if resume else [])), False, record, record_path)
     evals["eval-mpo"] = str(final)
     if not (work / "eval-mpo" / "summary.json").exists():
-        _run("eval-mpo", _cli("eval", "shapes", "--model", str(final), "--n", str(EVAL_N), "--out",
-                              str(work / "eval-mpo")), record, record_path)
+        run_step("eval-mpo", _cli("eval", "shapes", "--model", str(final), "--n", str(EVAL_N), "--out",
+                                  str(work / "eval-mpo")), False, record, record_path)
     return report(work, record)
 
 

@@ -19,7 +19,7 @@ A policy that already answers step by step (e.g. a tiny model trained with that 
 policy's tokenizer plus merges for VisualPRM's system prompt (`prm_tokenizer.py`: 749 tokens -> 190).
 
 A step whose result exists is skipped and an interrupted training continues with `--resume`, so an
-interrupted run picks up where it stopped. `W/recipe.json` records each step's command and wall time.
+interrupted run picks up where it stopped. `W/recipe.json` records each step's command, wall and CPU time.
 
     python -m internvl.tiny.prm_recipe [--policy src/internvl/tiny/model] [--work scratch/tiny-prm]
                                        [--out src/internvl/tiny/prm] [--policy-steps 0] [--stop-after STEP]

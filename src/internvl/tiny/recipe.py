@@ -16,7 +16,7 @@ Every step is a command a user could type (printed before it runs), so the shipp
 
 A step whose result is already complete is skipped, and an interrupted training stage continues with
 `--resume`, so an interrupted `make tiny` picks up where it stopped. `W/recipe.json` records each step's
-command and wall time; the model card quotes them.
+command, wall time and CPU time; the model card quotes the wall times.
 
     python -m internvl.tiny.recipe [--work scratch/tiny-recipe] [--out src/internvl/tiny/model]
 """
@@ -182,17 +182,27 @@ def run_command(name: str, command: list[str], work: Path) -> None:
 
 
 def run_step(name: str, command: list[str], done: bool, record: dict, record_path: Path) -> None:
-    """Run one recipe step (printed first, as a user would type it) unless done; record its command and wall
-    time in `record_path`. An interrupted-and-resumed step (`--resume`) adds its pieces of time."""
+    """Run one recipe step (printed first, as a user would type it) unless done; record its command, wall time
+    and CPU time (of the step's processes) in `record_path`. An interrupted-and-resumed step (`--resume`) adds
+    its pieces of time."""
     if done:
         print(f"[{name}] done already", flush=True)
         return
+    if not isinstance(record.get(name, {}), dict):  # a claim (`claim_work`), which the step's entry would erase
+        raise ValueError(f"step name {name!r} is also a claim key of the record")
     print(f"[{name}] $ {shlex.join(command)}", flush=True)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), _children_cpu()
     run_command(name, command, record_path.parent)
-    previous = record.get(name, {}).get("seconds", 0.0) if "--resume" in command else 0.0
-    record[name] = {"command": shlex.join(command), "seconds": round(previous + time.perf_counter() - start, 1)}
+    previous = record.get(name, {}) if "--resume" in command else {}
+    record[name] = {"command": shlex.join(command),
+                    "seconds": round(previous.get("seconds", 0.0) + time.perf_counter() - start, 1),
+                    "cpu_seconds": round(previous.get("cpu_seconds", 0.0) + _children_cpu() - cpu0, 1)}
     save_record(record, record_path)
+
+
+def _children_cpu() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def run(work: Path, out: Path) -> Path:
